@@ -1,0 +1,54 @@
+"""One place that starts or attaches to Ray, with the environment every worker needs.
+
+Builders never call `ray.init`; entrypoints (`jobs/*.py`, `ttp ...`) call `init_ray()` once.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+# Propagated to every Ray worker: offline hub, CPU DeepSpeed where there is no GPU, quiet tokenizers.
+WORKER_ENV_KEYS = (
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "DS_ACCELERATOR",
+    "TOKENIZERS_PARALLELISM",
+    "VLLM_CPU_KVCACHE_SPACE",
+    "OMP_NUM_THREADS",
+    "TTP_CACHE_DIR",
+    "TTP_API_TOKEN",
+)
+
+
+def worker_env() -> dict[str, str]:
+    env = {k: os.environ[k] for k in WORKER_ENV_KEYS if k in os.environ}
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except Exception:  # pragma: no cover - torch is a hard dependency
+        has_cuda = False
+    if not has_cuda:
+        env.setdefault("DS_ACCELERATOR", "cpu")
+    return env
+
+
+def init_ray(address: str | None = None, **kwargs: Any) -> None:
+    """Attach to a running cluster (under `ray job submit`, or `address=`), else start a local one.
+
+    Token auth is disabled only for clusters this call starts locally and only when the caller did not set it.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    kwargs.setdefault("runtime_env", {"env_vars": worker_env()})
+    kwargs.setdefault("log_to_driver", True)
+    ray.init(address=address, **kwargs)
