@@ -5,6 +5,7 @@ Builders never call `ray.init`; entrypoints (`jobs/*.py`, `ttp ...`) call `init_
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -21,18 +22,34 @@ WORKER_ENV_KEYS = (
 )
 
 
-def worker_env() -> dict[str, str]:
+def _job_env_vars() -> dict[str, str]:
+    """env_vars of the job's runtime env when running under `ray job submit` (Ray refuses conflicting merges)."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return {}
+    try:
+        return dict(json.loads(raw).get("runtime_env", {}).get("env_vars", {}) or {})
+    except (ValueError, AttributeError):
+        return {}
+
+
+def worker_env(*, local_cluster: bool = True) -> dict[str, str]:
+    """Env vars every worker needs. CPU-only defaults (DS_ACCELERATOR=cpu) apply only to a cluster this process
+    starts itself: on a real cluster the driver may sit on a CPU head while the workers have GPUs."""
     env = {k: os.environ[k] for k in WORKER_ENV_KEYS if k in os.environ}
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        import torch
+    if local_cluster:
+        try:
+            import torch
 
-        has_cuda = torch.cuda.is_available()
-    except Exception:  # pragma: no cover - torch is a hard dependency
-        has_cuda = False
-    if not has_cuda:
-        env.setdefault("DS_ACCELERATOR", "cpu")
+            has_cuda = torch.cuda.is_available()
+        except Exception:  # pragma: no cover - torch is a hard dependency
+            has_cuda = False
+        if not has_cuda:
+            env.setdefault("DS_ACCELERATOR", "cpu")
+    for key in _job_env_vars():  # the job's runtime env already sets these; a second value is an error
+        env.pop(key, None)
     return env
 
 
@@ -47,8 +64,9 @@ def init_ray(address: str | None = None, **kwargs: Any) -> None:
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = address or os.environ.get("RAY_ADDRESS")
-    if not address:
+    local = not address
+    if local:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    kwargs.setdefault("runtime_env", {"env_vars": worker_env()})
+    kwargs.setdefault("runtime_env", {"env_vars": worker_env(local_cluster=local)})
     kwargs.setdefault("log_to_driver", True)
     ray.init(address=address, **kwargs)

@@ -1,0 +1,129 @@
+"""The whole run: data → generate (rm_train, eval) → train RMs + score → evaluate → combined report.
+
+Every stage is resumable and skips finished work, so rerunning `ttp pipeline` / `jobs/pipeline.py` after a
+crash picks up where it stopped. Stage functions live in their own packages; this module only sequences them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from ttp_ray.config import dump_resolved
+from ttp_ray.pipeline_config import PipelineConfig, PipelineDatasetConfig
+
+log = logging.getLogger(__name__)
+
+MODES = ("rm_train", "eval")
+
+
+def _say(msg: str) -> None:
+    print(f"[ttp] {msg}", flush=True)
+
+
+def _inputs_present(d: PipelineDatasetConfig) -> bool:
+    paths = [d.questions, d.outputs] if d.kind == "lamp" else [d.path] if d.kind == "longlamp" else []
+    return all(p is None or Path(p).exists() for p in paths)
+
+
+def stage_data(cfg: PipelineConfig, d: PipelineDatasetConfig) -> dict[str, Any]:
+    from ttp_ray.data.loaders import run_load
+
+    out = cfg.run_dir / "data" / d.name
+    if (out / "summary.json").is_file():
+        _say(f"data/{d.name}: done already, skipping")
+        return json.loads((out / "summary.json").read_text())
+    return run_load(d, out).summary()
+
+
+def _write_simulated(cfg: PipelineConfig, d: PipelineDatasetConfig, mode: str) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+
+    from ttp_ray.data.dataset import LoadedDataset
+    from ttp_ray.data.simulated import simulate_pools
+
+    out = cfg.run_dir / "candidates" / d.name / mode
+    done = out / "part-simulated.parquet"
+    if done.is_file():
+        _say(f"candidates/{d.name}/{mode}: done already, skipping")
+        return {"candidates": pq.read_metadata(done).num_rows, "skipped": True}
+    ds = LoadedDataset.read(cfg.run_dir / "data" / d.name)
+    g = cfg.generation
+    n = g.n_candidates if mode == "eval" else g.rm_train.candidates_per_item
+    items = None if mode == "eval" else g.rm_train.items_per_user
+    table = simulate_pools(ds, mode=mode, n_candidates=n, max_items_per_user=items,
+                           quality_spread=d.simulated.quality_spread, seed=d.simulated.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".part-simulated.parquet.tmp"
+    pq.write_table(table, tmp)
+    tmp.rename(done)
+    _say(f"candidates/{d.name}/{mode}: {table.num_rows} simulated candidates")
+    return {"candidates": table.num_rows, "skipped": False}
+
+
+def stage_generate(cfg: PipelineConfig, d: PipelineDatasetConfig) -> dict[str, Any]:
+    if d.candidates == "simulated":
+        return {mode: _write_simulated(cfg, d, mode) for mode in MODES}
+    from ttp_ray.generation.pipeline import run_generation
+
+    return {mode: run_generation(cfg.run_dir, d.name, cfg.generation, mode) for mode in MODES}
+
+
+def stage_train(cfg: PipelineConfig, d: PipelineDatasetConfig) -> dict[str, Any]:
+    from ttp_ray.training.run import run_train
+
+    return run_train(cfg.run_dir, d.name, cfg.training)
+
+
+def stage_evaluate(cfg: PipelineConfig, d: PipelineDatasetConfig) -> dict[str, Any]:
+    from ttp_ray.evaluation.job import run_evaluate
+
+    run = cfg.run_dir
+    return run_evaluate(run / "candidates" / d.name / "eval", run / "scores" / d.name / "scores.parquet",
+                        run / "eval" / d.name, cfg.evaluation, d.name)
+
+
+STAGES = {"data": stage_data, "generate": stage_generate, "train": stage_train, "evaluate": stage_evaluate}
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
+    """Run `cfg.stages` for every dataset, then write the combined `report.json` / `report.md` in `run_dir`.
+
+    Returns the combined report (or `{}` when the evaluate stage did not run).
+    """
+    from ttp_ray.evaluation.report import merge_reports, render_table
+
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    dump_resolved(cfg, cfg.run_dir, "pipeline.resolved.yaml")
+    reports, timings = [], {}
+    for d in cfg.datasets:
+        if not _inputs_present(d):
+            if d.optional:
+                _say(f"dataset {d.name!r}: input files not found, skipping (optional)")
+                continue
+            raise FileNotFoundError(f"dataset {d.name!r}: input files not found ({d.questions or d.path})")
+        for stage in cfg.stages:
+            t0 = time.perf_counter()
+            _say(f"── {stage} · {d.name}")
+            result = STAGES[stage](cfg, d)
+            timings[f"{d.name}/{stage}"] = round(time.perf_counter() - t0, 1)
+            if stage == "evaluate":
+                reports.append(result)
+            _say(f"   {stage} · {d.name} finished in {timings[f'{d.name}/{stage}']} s")
+    (cfg.run_dir / "timings.json").write_text(json.dumps(timings, indent=1) + "\n")
+    if not reports:
+        return {}
+    merged = merge_reports(reports)
+    merged["timings_s"] = timings
+    (cfg.run_dir / "report.json").write_text(json.dumps(merged, indent=1, allow_nan=False) + "\n")
+    table = render_table(merged)
+    md = ["# ttp-ray run report", "", f"Run directory `{cfg.run_dir}`.", "", "```", table, "```", ""]
+    for name in merged["datasets"]:
+        md.append(f"- {name}: [eval/{name}/report.md](eval/{name}/report.md)")
+    (cfg.run_dir / "report.md").write_text("\n".join(md) + "\n")
+    print(table, flush=True)
+    _say(f"report: {cfg.run_dir / 'report.md'}")
+    return merged

@@ -1,0 +1,73 @@
+"""`PipelineConfig`: one YAML for the whole run (generate → train → evaluate, plus tune and serve).
+
+Each stage keeps its own config model in `ttp_ray/<stage>/config.py`; this module only composes them, so a
+section of the pipeline YAML is exactly what that stage's job reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from ttp_ray.config import StageConfig, load_config
+from ttp_ray.data.config import DatasetConfig
+from ttp_ray.evaluation.config import EvaluationConfig
+from ttp_ray.generation.config import GenerationConfig
+from ttp_ray.training.config import TrainingConfig
+from ttp_ray.tuning.config import SweepConfig
+
+Stage = Literal["data", "generate", "train", "evaluate"]
+ALL_STAGES: tuple[Stage, ...] = ("data", "generate", "train", "evaluate")
+
+
+class SimulatedPolicyConfig(StageConfig):
+    """The simulated policy (perturbed references): candidate pools without an LLM, for tests and sweeps."""
+
+    quality_spread: float = Field(0.8, ge=0, le=1, description="Spread of per-candidate quality (0 = equal).")
+    seed: int = Field(0, description="Seed of the simulated pools.")
+
+
+class PipelineDatasetConfig(DatasetConfig):
+    """A dataset of the run, plus where its candidates come from."""
+
+    candidates: Literal["policy", "simulated"] = Field(
+        "policy", description="`policy`: the LLM engine of the `generation` section; `simulated`: perturbed "
+        "references (no LLM; seconds instead of minutes).")
+    simulated: SimulatedPolicyConfig = Field(default_factory=SimulatedPolicyConfig)
+    optional: bool = Field(False, description="Skip (with a note) instead of failing when the input files are "
+                           "missing — e.g. the shared commit data on a machine that does not have it.")
+
+
+class RayConfig(StageConfig):
+    """How entrypoints reach Ray: attach to `address` (or $RAY_ADDRESS under `ray job submit`), else start locally."""
+
+    address: str | None = Field(None, description="Cluster address; None = $RAY_ADDRESS or a new local cluster.")
+    num_cpus: int | None = Field(None, ge=1, description="Logical CPUs of a new local cluster (None = all).")
+    object_store_memory_mb: int | None = Field(None, ge=64, description="Object store of a new local cluster.")
+
+
+class PipelineConfig(StageConfig):
+    """The whole run. Relative paths are resolved against the current working directory."""
+
+    run_dir: Path = Field(Path("runs/demo"), description="Where every stage writes; stages skip finished work.")
+    datasets: list[PipelineDatasetConfig] = Field(
+        default_factory=lambda: [PipelineDatasetConfig()], min_length=1, description="Datasets, in order.")
+    stages: list[Stage] = Field(list(ALL_STAGES), description="Stages to run, in pipeline order.")
+    ray: RayConfig = Field(default_factory=RayConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    tuning: SweepConfig = Field(default_factory=SweepConfig)
+
+    def dataset(self, name: str) -> PipelineDatasetConfig:
+        for d in self.datasets:
+            if d.name == name:
+                return d
+        raise KeyError(f"no dataset named {name!r}; have {[d.name for d in self.datasets]}")
+
+
+def load_pipeline_config(path: str | Path | None, overrides: list[str] | None = None) -> PipelineConfig:
+    """Load a pipeline YAML (safe_load) with dotted `key=value` overrides, strictly validated."""
+    return load_config(PipelineConfig, path, overrides)
