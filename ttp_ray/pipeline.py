@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 from ttp_ray.config import dump_resolved
@@ -22,11 +21,6 @@ MODES = ("rm_train", "eval")
 
 def _say(msg: str) -> None:
     print(f"[ttp] {msg}", flush=True)
-
-
-def _inputs_present(d: PipelineDatasetConfig) -> bool:
-    paths = [d.questions, d.outputs] if d.kind == "lamp" else [d.path] if d.kind == "longlamp" else []
-    return all(p is None or Path(p).exists() for p in paths)
 
 
 def stage_data(cfg: PipelineConfig, d: PipelineDatasetConfig) -> dict[str, Any]:
@@ -100,11 +94,12 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     dump_resolved(cfg, cfg.run_dir, "pipeline.resolved.yaml")
     reports, timings = [], {}
     for d in cfg.datasets:
-        if not _inputs_present(d):
+        missing = d.missing_files()
+        if missing:
             if d.optional:
-                _say(f"dataset {d.name!r}: input files not found, skipping (optional)")
+                _say(f"dataset {d.name!r} skipped (optional): {'; '.join(missing)}")
                 continue
-            raise FileNotFoundError(f"dataset {d.name!r}: input files not found ({d.questions or d.path})")
+            raise FileNotFoundError(f"dataset {d.name!r}: {'; '.join(missing)}")
         for stage in cfg.stages:
             t0 = time.perf_counter()
             _say(f"── {stage} · {d.name}")

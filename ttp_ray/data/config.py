@@ -96,11 +96,10 @@ class DatasetConfig(StageConfig):
             raise ValueError("`questions` is required when kind='lamp'")
         if self.kind == "longlamp" and (self.path is None or self.longlamp_task is None):
             raise ValueError("`path` and `longlamp_task` are required when kind='longlamp'")
-        # A config that marks the dataset optional (PipelineDatasetConfig.optional) defers this check: the
-        # pipeline skips a missing optional dataset with a note instead of failing.
-        if not getattr(self, "optional", False):
-            for name in ("questions", "outputs", "path"):
-                value = getattr(self, name)
-                if value is not None and not Path(value).is_file():
-                    raise ValueError(f"`{name}` file not found: {value}")
         return self
+
+    def missing_files(self) -> list[str]:
+        """Input fields whose file does not exist (checked when the data stage runs, not at parse time, so a
+        cluster config can be validated on a laptop)."""
+        return [f"`{n}` file not found: {getattr(self, n)}" for n in ("questions", "outputs", "path")
+                if getattr(self, n) is not None and not Path(getattr(self, n)).is_file()]

@@ -11,6 +11,7 @@ from ttp_ray.data.dataset import LoadedDataset
 from ttp_ray.data.lamp import load_lamp
 from ttp_ray.data.longlamp import load_longlamp
 from ttp_ray.data.synthetic import write_synthetic
+from ttp_ray.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,10 @@ __all__ = ["load_dataset", "run_load"]
 def load_dataset(cfg: DatasetConfig, work_dir: str | Path) -> LoadedDataset:
     """Load the dataset `cfg` describes; the synthetic benchmark is first written as LaMP files under
     `work_dir/source/` (so it goes through exactly the same loader as real LaMP data)."""
+    missing = cfg.missing_files()
+    if missing:
+        field = missing[0].split("`")[1]
+        raise DataError("; ".join(missing), file=str(getattr(cfg, field)), field=field)
     limits = {"max_users": cfg.max_users, "max_queries_per_user": cfg.max_queries_per_user,
               "max_profile_items": cfg.max_profile_items, "strict": cfg.strict}
     if cfg.kind == "synthetic":
