@@ -1,0 +1,92 @@
+"""`TrainingConfig`: the `training:` section — backbone features, the global stage, the per-user stage.
+
+The head architecture (hidden_dim, num_layers, variance map, floor) lives in `user_stage` only: the per-user bank
+extends exactly the head the global stage trains, so both stages read it from one place.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from ttp_ray.config import StageConfig
+from ttp_ray.reward.config import FeatureConfig, UserStageConfig
+
+__all__ = ["VARIANTS", "FeatureJobConfig", "GlobalStageConfig", "TrainingConfig", "UserStageConfig"]
+
+VARIANTS = ("global-det", "global-prob", "user-det", "user-prob")
+
+
+class GlobalStageConfig(StageConfig):
+    """The global stage: backbone (frozen, LoRA or full) + global head, on Ray Train with DeepSpeed.
+
+    Parameters that control distribution:
+        num_workers, deepspeed, zero_stage, max_failures, checkpoints_to_keep.
+    Parameters that control the backbone:
+        backbone_mode, lora_r, lora_alpha, lora_dropout, lora_target_modules.
+    Parameters that control the optimisation:
+        epochs, lr, backbone_lr, weight_decay, batch_size, patience, beta_nll.
+    """
+
+    num_workers: int = Field(2, ge=0, description="Ray Train workers (0 = in-process local mode).")
+    deepspeed: bool = Field(True, description="Wrap the model with `deepspeed.initialize` (else plain DDP).")
+    zero_stage: int = Field(2, ge=0, le=3, description="DeepSpeed ZeRO stage.")
+    max_failures: int = Field(2, ge=0, description="Worker-group restarts from the last checkpoint (FailureConfig).")
+    checkpoints_to_keep: int = Field(2, ge=1, description="Ray Train checkpoints kept (CheckpointConfig).")
+    backbone_mode: Literal["frozen", "lora", "full"] = Field(
+        "frozen",
+        description="'frozen': train heads on cached features (cheap, default). 'lora'/'full': fine-tune the "
+        "backbone with the heads on text, then recompute the features with the tuned backbone.",
+    )
+    lora_r: int = Field(8, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(16, ge=1, description="LoRA alpha.")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
+    lora_target_modules: list[str] | None = Field(None, description="LoRA target modules; None = peft's default.")
+    epochs: int = Field(20, ge=1, description="Epochs over the training candidates.")
+    lr: float = Field(3e-3, gt=0, description="AdamW learning rate of the heads.")
+    backbone_lr: float = Field(1e-4, gt=0, description="Learning rate of LoRA/full backbone parameters.")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+    batch_size: int = Field(256, ge=1, description="Candidates per optimizer step per worker.")
+    patience: int = Field(5, ge=1, description="Epochs without validation improvement before stopping.")
+    beta_nll: float = Field(0.0, ge=0, le=1, description="β of β-NLL for the Global-Prob head.")
+
+
+class FeatureJobConfig(StageConfig):
+    """The Ray Data feature pass (an actor pool holding the encoder)."""
+
+    num_actors: int = Field(1, ge=1, description="Encoder actors in the pool.")
+    batch_size: int = Field(512, ge=1, description="Candidate rows per Ray Data batch.")
+    num_cpus_per_actor: float = Field(1.0, gt=0, description="Logical CPUs each actor reserves.")
+
+
+class TrainingConfig(StageConfig):
+    """Training of the four reward-model variants and scoring of the eval pools.
+
+    Sections: `features` (backbone and feature spec), `feature_job`, `global_stage`, `user_stage`.
+    Top level: which variants, golden column, seed, user-stage workers.
+    """
+
+    features: FeatureConfig = Field(default_factory=FeatureConfig)
+    feature_job: FeatureJobConfig = Field(default_factory=FeatureJobConfig)
+    global_stage: GlobalStageConfig = Field(default_factory=GlobalStageConfig)
+    user_stage: UserStageConfig = Field(default_factory=UserStageConfig)
+    variants: list[Literal["global-det", "global-prob", "user-det", "user-prob"]] = Field(
+        default_factory=lambda: list(VARIANTS), description="RM variants to train and score."
+    )
+    golden: Literal["rouge1", "rougeL"] = Field("rouge1", description="Golden score column the RMs regress.")
+    user_stage_workers: int = Field(
+        2, ge=0, description="Ray Train workers of the per-user stage; each owns a disjoint user slice (0 = local)."
+    )
+    score_batch_size: int = Field(1024, ge=1, description="Rows per Ray Data batch when scoring eval pools.")
+    seed: int = Field(0, description="Seed of splits, initialisation and batch order.")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainingConfig:
+        if not self.variants:
+            raise ValueError("variants must name at least one of " + ", ".join(VARIANTS))
+        if len(set(self.variants)) != len(self.variants):
+            raise ValueError(f"variants must not repeat, got {self.variants}")
+        if self.global_stage.backbone_mode != "frozen" and self.features.mode == "pair":
+            raise ValueError("backbone_mode 'lora'/'full' is implemented for features.mode='bi' only")
+        return self

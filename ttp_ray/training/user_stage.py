@@ -1,0 +1,459 @@
+"""The per-user stage: fit a `UserBank` for every user at once, with per-user early stopping.
+
+`fit_user_stage` is a pure torch function (the Ray Tune sweep calls it inside trials); `run_user_stage` shards
+users across Ray Train workers — each worker owns a disjoint slice of the bank, so no gradient all-reduce is
+needed — and merges the slices.
+
+Per user u with n_u training candidates the objective is
+
+    (1/n_u) Σ_{i ∈ u} ℓ_i  +  (λ/n_u) ‖W_u‖²         ℓ = MSE (User-Det) or (β-)Gaussian NLL (User-Prob)
+
+minimised by mini-batches that mix users (each sample carries its user's share of the prior). Under MSE the
+data term of a user whose golden scores barely vary is tiny next to the prior, so W_u stays ≈ 0 and the user
+inherits the global head's (uncorrelated) ranking; under NLL the learned σ²_u shrinks for that user and scales
+its data term up by 1/σ²_u (Lemma 5.1, "gradient buffering").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+from tqdm.auto import tqdm
+
+from ttp_ray.errors import TTPValidationError
+from ttp_ray.reward.bank import PersonalizedHead
+from ttp_ray.reward.config import UserStageConfig
+from ttp_ray.reward.heads import RewardHead
+from ttp_ray.reward.losses import gaussian_nll, head_loss, mse
+
+__all__ = [
+    "SyntheticBankData",
+    "UserStageResult",
+    "fit_user_stage",
+    "run_user_stage",
+    "split_by_query",
+    "synthetic_bank_data",
+]
+
+log = logging.getLogger(__name__)
+
+ReportFn = Callable[[int, dict[str, float]], None]
+_CHUNK = 65536  # rows per no-grad forward pass
+
+
+def split_by_query(
+    user_idx: np.ndarray, query_ids: Sequence[Any] | np.ndarray, val_fraction: float, seed: int = 0
+) -> np.ndarray:
+    """Boolean validation mask: a `val_fraction` share of each user's queries (all their candidates).
+
+    A user with >= 2 queries keeps >= 1 query on each side; a user with one query has no validation rows.
+    """
+    n = len(user_idx)
+    if val_fraction <= 0 or n == 0:
+        return np.zeros(n, dtype=bool)
+    df = pd.DataFrame({"u": np.asarray(user_idx), "q": pd.factorize(np.asarray(query_ids, dtype=object))[0]})
+    pairs = df.drop_duplicates().reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    pairs["r"] = rng.random(len(pairs))
+    pairs["rank"] = pairs.groupby("u")["r"].rank(method="first") - 1
+    nq = pairs.groupby("u")["q"].transform("size")
+    n_val = np.clip(np.round(val_fraction * nq), 1, None)
+    n_val = np.where(nq >= 2, np.minimum(n_val, nq - 1), 0)
+    val_pairs = pairs.loc[pairs["rank"] < n_val, ["u", "q"]]
+    key = df["u"].astype(np.int64) * (df["q"].max() + 1) + df["q"]
+    val_key = val_pairs["u"].astype(np.int64) * (df["q"].max() + 1) + val_pairs["q"]
+    return key.isin(set(val_key.tolist())).to_numpy()
+
+
+@dataclass
+class UserStageResult:
+    """The fitted bank (each user's best epoch) and what happened on the way."""
+
+    model: PersonalizedHead
+    best_epoch: np.ndarray  # (U,) 0 = the global head was never beaten on validation
+    val_loss: np.ndarray  # (U,) best validation loss (NaN: no validation rows)
+    n_train: np.ndarray  # (U,)
+    n_val: np.ndarray  # (U,)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @torch.no_grad()
+    def predict(self, features: np.ndarray | torch.Tensor, user_idx: np.ndarray | torch.Tensor) -> tuple[
+        np.ndarray, np.ndarray | None]:
+        """(μ, σ² or None) for rows of features, user_idx < 0 = global head."""
+        x = torch.tensor(np.asarray(features), dtype=torch.float32)
+        u = torch.as_tensor(np.asarray(user_idx), dtype=torch.long)
+        mus, vars_ = [], []
+        for s in range(0, len(x), _CHUNK):
+            out = self.model(x[s : s + _CHUNK], u[s : s + _CHUNK])
+            mus.append(out.mu)
+            if out.var is not None:
+                vars_.append(out.var)
+        mu = torch.cat(mus).numpy() if mus else np.zeros(0, np.float32)
+        return mu, (torch.cat(vars_).numpy() if vars_ else None) if self.model.head.probabilistic else None
+
+
+def _check_head(head: RewardHead, cfg: UserStageConfig) -> None:
+    want = cfg.head_config().model_dump()
+    have = head.cfg.model_dump()
+    for key in ("hidden_dim", "num_layers", "variance", "var_floor", "probabilistic"):
+        if key == "hidden_dim" and have["num_layers"] == 0 and want["num_layers"] == 0:
+            continue
+        if want[key] != have[key]:
+            raise TTPValidationError(
+                f"user_stage.{key}={want[key]!r} does not match the global head ({have[key]!r}); the bank extends "
+                "the global head, so train both with the same head settings",
+                parameter=f"user_stage.{key}", value=want[key],
+            )
+
+
+def _per_user_loss(loss: torch.Tensor, u: torch.Tensor, n_users: int) -> tuple[np.ndarray, np.ndarray]:
+    total = torch.zeros(n_users, dtype=torch.float64).index_add_(0, u, loss.double())
+    count = torch.bincount(u, minlength=n_users).double()
+    with np.errstate(invalid="ignore"):
+        return (total / count).numpy(), count.numpy()
+
+
+def fit_user_stage(
+    features: np.ndarray | torch.Tensor,
+    golden: np.ndarray | torch.Tensor,
+    user_idx: np.ndarray | torch.Tensor,
+    query_ids: Sequence[Any] | np.ndarray,
+    global_head: RewardHead | None,
+    cfg: UserStageConfig,
+    report: ReportFn | None = None,
+    *,
+    n_users: int | None = None,
+    eval_fn: Callable[[PersonalizedHead], dict[str, float]] | None = None,
+    progress: bool = False,
+) -> UserStageResult:
+    """Fit per-user corrections of `global_head` for every user in one bank.
+
+    Args:
+        features: (N, D) float features (e.g. from the feature cache).
+        golden: (N,) golden scores in [0, 1].
+        user_idx: (N,) user row in the bank, 0..U-1.
+        query_ids: (N,) query of each row; the validation split is by query within each user.
+        global_head: the trained global head (Det for User-Det, Prob for User-Prob); frozen here. None = fit one
+            first on the training split (handy for sweeps over the head architecture).
+        cfg: the stage settings.
+        report: optional `report(epoch, metrics)` called after every epoch (epoch 0 = the global head).
+        n_users: bank rows (default max(user_idx) + 1).
+        eval_fn: optional extra per-epoch metrics from the current model, merged into `report`'s metrics.
+        progress: tqdm bar over epochs.
+
+    Returns:
+        UserStageResult whose model holds, for each user, the bank row of its best validation epoch.
+
+    Example:
+        >>> res = fit_user_stage(X, g, u, qids, head, UserStageConfig(epochs=20))
+        >>> mu, var = res.predict(X_test, u_test)
+    """
+    x = torch.tensor(np.asarray(features), dtype=torch.float32)
+    g = torch.tensor(np.asarray(golden), dtype=torch.float32)
+    u = torch.as_tensor(np.asarray(user_idx), dtype=torch.long)
+    if x.ndim != 2 or len(x) != len(g) or len(g) != len(u) or len(u) != len(query_ids):
+        raise TTPValidationError(
+            f"features (N, D), golden, user_idx and query_ids must have N rows; got {tuple(x.shape)}, {len(g)}, "
+            f"{len(u)}, {len(query_ids)}", parameter="features",
+        )
+    if len(u) and int(u.min()) < 0:
+        raise TTPValidationError("`user_idx` must be >= 0", parameter="user_idx", value=int(u.min()))
+    if not torch.isfinite(g).all():
+        raise TTPValidationError("`golden` has NaN/inf values", parameter="golden")
+    n_users = int(n_users if n_users is not None else (int(u.max()) + 1 if len(u) else 1))
+    torch.manual_seed(cfg.seed)
+    val_mask = torch.tensor(split_by_query(u.numpy(), query_ids, cfg.val_fraction, cfg.seed))
+    train_rows = torch.nonzero(~val_mask).squeeze(1)
+    val_rows = torch.nonzero(val_mask).squeeze(1)
+
+    if global_head is None:
+        from ttp_ray.training.config import GlobalStageConfig
+        from ttp_ray.training.global_stage import fit_global_head
+
+        global_head = fit_global_head(
+            x, g, val_mask.numpy(), cfg.head_config(), GlobalStageConfig(beta_nll=cfg.beta_nll, num_workers=0)
+        ).head
+    _check_head(global_head, cfg)
+    global_head.eval()
+    model = PersonalizedHead(global_head, n_users, cfg.user_input)
+    prob = global_head.probabilistic
+
+    with torch.no_grad():  # the frozen head's parts, once per row
+        parts = [model.base(x[s : s + _CHUNK]) for s in range(0, len(x), _CHUNK)]
+        z = torch.cat([p[0] for p in parts]) if parts else torch.zeros(0, model.bank.in_dim)
+        raw0 = torch.cat([p[1] for p in parts]) if parts else torch.zeros(0, global_head.n_out)
+
+    n_train = torch.bincount(u[train_rows], minlength=n_users)
+    n_val = torch.bincount(u[val_rows], minlength=n_users)
+    # Per-sample share of each user's prior, and per-entry prior strengths (μ row vs variance row of W_u).
+    inv_n = 1.0 / n_train.clamp_min(1).float()
+    lam_var = cfg.prior_strength if cfg.prior_strength_var is None else cfg.prior_strength_var
+    lam = torch.full((model.bank.n_out, model.bank.row_width), cfg.prior_strength)
+    if prob:
+        lam[1] = lam_var
+    lam[:, : model.bank.in_dim] *= model.bank.v_scale**2  # the prior acts on the function V·z, not on V/√k
+    weight = model.bank.weight
+    opt = torch.optim.SparseAdam([weight], lr=cfg.lr)
+
+    def val_losses() -> tuple[np.ndarray, dict[str, float]]:
+        with torch.no_grad():
+            out, _ = model.from_base(z[val_rows], raw0[val_rows], u[val_rows])
+            gv = g[val_rows]
+            err = mse(out.mu, gv)
+            crit = gaussian_nll(out.mu, out.var, gv) if prob else err
+            per_user, _ = _per_user_loss(crit, u[val_rows], n_users)
+            metrics = {"val_mse": float(err.mean()) if len(err) else math.nan}
+            if prob:
+                metrics["val_nll"] = float(crit.mean()) if len(crit) else math.nan
+                metrics["val_sigma"] = float(out.var.sqrt().mean()) if len(crit) else math.nan
+        return per_user, metrics
+
+    has_val = n_val.numpy() > 0
+    best_val, m0 = val_losses()
+    best = weight.detach().clone()
+    best_epoch = np.zeros(n_users, dtype=np.int64)
+    bad = np.zeros(n_users, dtype=np.int64)
+    active = n_train.numpy() > 0
+    history: list[dict[str, float]] = []
+
+    def emit(epoch: int, metrics: dict[str, float]) -> None:
+        if eval_fn is not None:
+            metrics.update(eval_fn(model))
+        history.append({"epoch": epoch, **metrics})
+        log.debug("user stage epoch %d: %s", epoch, metrics)
+        if report is not None:
+            report(epoch, metrics)
+
+    emit(0, {**m0, "train_loss": math.nan, "active_users": int(active.sum())})
+    gen = torch.Generator().manual_seed(cfg.seed)
+    bar = tqdm(range(1, cfg.epochs + 1), desc="user stage", unit="epoch", disable=not progress)
+    for epoch in bar:
+        lr = 0.5 * cfg.lr * (1 + math.cos(math.pi * (epoch - 1) / cfg.epochs))  # cosine decay to ~0
+        for group in opt.param_groups:
+            group["lr"] = lr
+        act = torch.as_tensor(active)
+        rows = train_rows[act[u[train_rows]]]
+        rows = rows[torch.randperm(len(rows), generator=gen)]
+        total, seen = 0.0, 0
+        for s in range(0, len(rows), cfg.batch_size):
+            b = rows[s : s + cfg.batch_size]
+            ub = u[b]
+            out, rows_sq = model.from_base(z[b], raw0[b], ub)
+            prior = inv_n[ub] * (rows_sq * lam).sum(dim=(1, 2))
+            loss = (head_loss(out.mu, out.var, g[b], cfg.beta_nll) + prior).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if cfg.weight_decay > 0:
+                with torch.no_grad():
+                    touched = torch.unique(ub)
+                    weight[touched] *= 1.0 - lr * cfg.weight_decay
+            total += loss.item() * len(b)
+            seen += len(b)
+        per_user, metrics = val_losses()
+        improved = has_val & active & (per_user < best_val)
+        no_val = ~has_val & active  # nothing to stop on: keep the latest parameters
+        keep = torch.as_tensor(improved | no_val)
+        with torch.no_grad():
+            best[keep] = weight[keep]
+        best_val = np.where(improved, per_user, best_val)
+        best_epoch[improved | no_val] = epoch
+        bad = np.where(improved, 0, bad + (has_val & active))
+        active &= ~(has_val & (bad >= cfg.patience))
+        emit(epoch, {**metrics, "train_loss": total / max(seen, 1), "active_users": int(active.sum())})
+        bar.set_postfix(loss=f"{total / max(seen, 1):.4g}", active=int(active.sum()))
+        if not active.any():
+            break
+    with torch.no_grad():
+        weight.copy_(best)
+    return UserStageResult(
+        model=model,
+        best_epoch=best_epoch,
+        val_loss=np.where(has_val, best_val, np.nan),
+        n_train=n_train.numpy(),
+        n_val=n_val.numpy(),
+        history=history,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ray Train: users sharded across workers (each owns a disjoint slice of the bank; no all-reduce)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _user_stage_loop(loop_cfg: dict[str, Any]) -> None:
+    """One worker: fit the bank rows of its user slice for every job and report them as checkpoint shards."""
+    import tempfile
+
+    import pyarrow.compute as pc
+    import ray.train
+
+    from ttp_ray.reward.config import HeadConfig
+    from ttp_ray.training.checkpoint import save_tensors
+    from ttp_ray.training.features_job import features_matrix, read_feature_table
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), max(ctx.get_world_size(), 1)
+    users: list[str] = loop_cfg["user_index"]
+    mine = users[rank::world]  # disjoint slices; interleaved so slices get similar amounts of data
+    table = read_feature_table(loop_cfg["features_dir"], columns=["user_id", "query_id", loop_cfg["golden"],
+                                                                  "features"])
+    table = table.filter(pc.is_in(table["user_id"], pa.array(mine, pa.string())))
+    local = {u: i for i, u in enumerate(mine)}
+    x = features_matrix(table)
+    g = table[loop_cfg["golden"]].to_numpy(zero_copy_only=False)
+    u = np.array([local[v] for v in table["user_id"].to_pylist()], dtype=np.int64)
+    q = table["query_id"].to_numpy(zero_copy_only=False)
+    metrics: dict[str, Any] = {"rank": rank, "users": len(mine), "rows": len(u)}
+    with tempfile.TemporaryDirectory() as d:
+        for name, job in loop_cfg["jobs"].items():
+            cfg = UserStageConfig.model_validate(job["user_cfg"])
+            head = RewardHead(loop_cfg["in_dim"], HeadConfig.model_validate(job["head_cfg"]))
+            head.load_state_dict({k: torch.tensor(v) for k, v in job["head_state"].items()})
+            res = fit_user_stage(x, g, u, q, head, cfg, n_users=max(len(mine), 1))
+            save_tensors({"weight": res.model.bank.weight[: len(mine)],
+                          "best_epoch": torch.as_tensor(res.best_epoch[: len(mine)])},
+                         Path(d) / f"{name}-rank{rank:04d}.safetensors", metadata={"users": json.dumps(mine)})
+            metrics[f"{name}/epochs"] = len(res.history) - 1
+            metrics[f"{name}/improved_users"] = int((res.best_epoch[: len(mine)] > 0).sum())
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d), checkpoint_dir_name="banks")
+
+
+def run_user_stage(
+    features_dir: str | Path,
+    user_index: list[str],
+    jobs: dict[str, tuple[RewardHead, UserStageConfig]],
+    *,
+    golden: str,
+    num_workers: int,
+    storage_path: str | Path,
+    name: str = "user-stage",
+) -> dict[str, PersonalizedHead]:
+    """Fit banks for `user_index` on Ray Train, users sharded across `num_workers` workers.
+
+    `jobs` maps a name (e.g. "user-prob") to (frozen global head, settings); every worker fits all jobs on
+    its own users' rows of the feature cache (read once) with `fit_user_stage`. Workers never exchange
+    gradients: their shards come back in one merged Ray Train checkpoint and are assembled into one bank per
+    job, in `user_index` order.
+    """
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from safetensors import safe_open
+
+    from ttp_ray.ray_utils import worker_env
+    from ttp_ray.training.checkpoint import load_tensors
+
+    for head, cfg in jobs.values():
+        _check_head(head, cfg)
+    in_dims = {head.in_dim for head, _ in jobs.values()}
+    if len(in_dims) != 1:
+        raise TTPValidationError(f"all jobs must read the same features, got input widths {sorted(in_dims)}",
+                                 parameter="jobs")
+    loop_cfg = {
+        "features_dir": str(features_dir),
+        "user_index": list(user_index),
+        "in_dim": in_dims.pop(),
+        "golden": golden,
+        "jobs": {k: {"user_cfg": cfg.model_dump(), "head_cfg": head.cfg.model_dump(),
+                     "head_state": {n: v.numpy() for n, v in head.state_dict().items()}}
+                 for k, (head, cfg) in jobs.items()},
+    }
+    trainer = TorchTrainer(
+        _user_stage_loop,
+        train_loop_config=loop_cfg,
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=False),
+        run_config=RunConfig(name=name, storage_path=str(storage_path),
+                             worker_runtime_env={"env_vars": worker_env()}),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    row = {u: i for i, u in enumerate(user_index)}
+    out: dict[str, PersonalizedHead] = {}
+    with result.checkpoint.as_directory() as d:
+        for job, (head, cfg) in jobs.items():
+            model = PersonalizedHead(head, max(len(user_index), 1), cfg.user_input)
+            shards = sorted(Path(d).glob(f"{job}-rank*.safetensors"))
+            if not shards:
+                raise RuntimeError(f"user stage checkpoint {d} holds no bank shards for {job!r}")
+            with torch.no_grad():
+                for shard in shards:
+                    with safe_open(str(shard), "pt") as f:
+                        users = json.loads(f.metadata()["users"])
+                    rows = load_tensors(shard)["weight"]
+                    idx = torch.tensor([row[u] for u in users], dtype=torch.long)
+                    model.bank.weight[idx] = rows[: len(users)]
+            out[job] = model
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Synthetic cached features with planted collapse-prone users (tests and benchmarks)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SyntheticBankData:
+    features: np.ndarray  # (N, dim) float32
+    golden: np.ndarray  # (N,) float32 in [0, 1]
+    user_idx: np.ndarray  # (N,) int64
+    query_ids: np.ndarray  # (N,) str
+    held_out: np.ndarray  # (N,) bool: rows of each user's last `n_eval_queries` queries
+    collapse_users: np.ndarray  # (n_collapse,) user indices
+
+
+def synthetic_bank_data(
+    n_users: int = 40,
+    n_queries: int = 10,
+    n_cands: int = 8,
+    dim: int = 16,
+    *,
+    collapse_frac: float = 0.25,
+    n_eval_queries: int = 4,
+    seed: int = 0,
+) -> SyntheticBankData:
+    """Cached-feature data in which a global head cannot rank some users.
+
+    Features are i.i.d. N(0, 1). Normal users score 0.35 + 0.10·w·x + 0.04·v_u·x + noise (w: a population
+    direction in the first 4 dimensions, v_u: the user's own direction in the others). Collapse-prone users
+    score 0.03 + 0.012·v_u·x + small noise: golden values cluster near zero, and their only signal is a
+    direction the population does not share — the setting of paper-notes §6 (Fig. 6) where a Det RM goes flat.
+    """
+    rng = np.random.default_rng(seed)
+    w = np.zeros(dim)
+    w[:4] = rng.normal(size=4)
+    w /= np.linalg.norm(w)
+    collapse = np.sort(rng.permutation(n_users)[: round(collapse_frac * n_users)])
+    is_collapse = np.zeros(n_users, dtype=bool)
+    is_collapse[collapse] = True
+    v = np.zeros((n_users, dim))
+    v[:, 4:] = rng.normal(size=(n_users, dim - 4))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    nq = n_queries + n_eval_queries
+    x = rng.normal(size=(n_users, nq, n_cands, dim)).astype(np.float32)
+    own = np.einsum("uqcd,ud->uqc", x, v)
+    noise = rng.normal(size=(n_users, nq, n_cands))
+    pop = x @ w
+    g = np.where(is_collapse[:, None, None], 0.03 + 0.012 * own + 0.003 * noise,
+                 0.35 + 0.10 * pop + 0.04 * own + 0.03 * noise)
+    u = np.broadcast_to(np.arange(n_users)[:, None, None], (n_users, nq, n_cands))
+    qi = np.broadcast_to(np.arange(nq)[None, :, None], (n_users, nq, n_cands))
+    qids = np.char.add(np.char.add(u.astype(str), "-"), qi.astype(str))
+    return SyntheticBankData(
+        features=x.reshape(-1, dim),
+        golden=np.clip(g, 0, 1).astype(np.float32).reshape(-1),
+        user_idx=u.reshape(-1).astype(np.int64),
+        query_ids=qids.reshape(-1).astype(object),
+        held_out=(qi >= n_queries).reshape(-1),
+        collapse_users=collapse,
+    )
