@@ -163,7 +163,8 @@ def tune(config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = No
         cfg = _pipeline_cfg(config, set_, dataset)
         _init_ray(cfg, address)
         for d in cfg.datasets:
-            res = run_tune(cfg.run_dir, d.name, cfg.tuning, training_cfg=cfg.training, eval_cfg=cfg.evaluation)
+            res = run_tune(cfg.run_dir, d.name, cfg.tuning, training_cfg=cfg.training, eval_cfg=cfg.evaluation,
+                           pipeline_cfg=cfg)
             typer.echo(json.dumps(res, indent=1, default=str))
     except Exception as e:
         _fail(e)

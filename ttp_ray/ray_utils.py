@@ -67,6 +67,9 @@ def init_ray(address: str | None = None, **kwargs: Any) -> None:
     local = not address
     if local:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    else:  # sizing a cluster is only for clusters we start; an existing one refuses these
+        for key in ("num_cpus", "num_gpus", "object_store_memory", "resources", "include_dashboard"):
+            kwargs.pop(key, None)
     kwargs.setdefault("runtime_env", {"env_vars": worker_env(local_cluster=local)})
     kwargs.setdefault("log_to_driver", True)
     ray.init(address=address, **kwargs)
