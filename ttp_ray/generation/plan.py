@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ttp_ray.data.schema import QUERIES
 from ttp_ray.errors import DataError
 from ttp_ray.generation.config import Mode
 from ttp_ray.policy.prompts import prompt_task
@@ -25,17 +26,7 @@ log = logging.getLogger(__name__)
 __all__ = ["WORK", "iter_keys", "iter_work", "write_pending"]
 
 # One row per query to generate for (the QUERIES columns plus the leave-one-out item).
-WORK = pa.schema(
-    [
-        pa.field("user_id", pa.string(), nullable=False),
-        pa.field("query_id", pa.string(), nullable=False),
-        pa.field("task", pa.string(), nullable=False),
-        pa.field("input", pa.string(), nullable=False),
-        pa.field("query_text", pa.string(), nullable=False),
-        pa.field("reference", pa.string(), nullable=True),
-        pa.field("exclude_item_id", pa.string(), nullable=True),
-    ]
-)
+WORK = QUERIES.append(pa.field("exclude_item_id", pa.string(), nullable=True))
 _READ_ROWS = 65_536
 
 
