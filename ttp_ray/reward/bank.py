@@ -10,8 +10,9 @@ cannot undo when the global head is non-linear. m (a buffer: the global head's o
 vector, a data-free stand-in for its mean output) centres the gain's input so a_u and b_u are not collinear
 (an uncentred gain makes Adam crawl). The bank is W ∈ R^{U × n_out(k+2)}. W starts at 0 (= the global model) and
 a Gaussian prior pulls it back there, so a user with little data keeps the global head. Rows are gathered with a sparse embedding lookup: a mini-batch that mixes many users updates
-exactly the rows of the users in it (with `torch.optim.SparseAdam`), and users never share a row, so a user
-slice of the bank trains on one worker with no gradient all-reduce.
+exactly the rows of the users in it (`LazyAdam`: Adam moments and step counts per row, only the batch's rows
+move), and users never share a row, so a user slice of the bank trains on one worker with no gradient
+all-reduce.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ from torch import nn
 
 from ttp_ray.reward.heads import HeadOutput, RewardHead, raw_to_mu_var
 
-__all__ = ["PersonalizedHead", "UserBank"]
+__all__ = ["LazyAdam", "PersonalizedHead", "UserBank"]
 
 
 class UserBank(nn.Module):
     """U rows of per-user corrections; `gather` is a sparse lookup (only the batch's rows get gradients)."""
 
-    def __init__(self, n_users: int, in_dim: int, n_out: int, *, sparse: bool = True) -> None:
+    def __init__(self, n_users: int, in_dim: int, n_out: int, *, sparse: bool = False) -> None:
         super().__init__()
         if n_users < 1:
             raise ValueError(f"`n_users` must be >= 1, got {n_users}")
@@ -47,17 +48,23 @@ class UserBank(nn.Module):
         rows = F.embedding(user_idx, self.weight, sparse=self.sparse)
         return rows.view(-1, self.n_out, self.row_width)
 
+    def inputs(self, z: torch.Tensor, raw_global: torch.Tensor) -> torch.Tensor:
+        """(B, n_out, k+2) what each row entry multiplies: [z/√k, 1, raw_global − m] per output."""
+        b = z.shape[0]
+        zs = (z * self.v_scale).unsqueeze(1).expand(b, self.n_out, self.in_dim)
+        ones = z.new_ones(b, self.n_out, 1)
+        return torch.cat([zs, ones, (raw_global - self.gain_center).unsqueeze(-1)], dim=-1)
+
     def apply(self, z: torch.Tensor, raw_global: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """(B, n_out) personalised raw output raw_global + a_u ⊙ (raw_global − m) + V_u z + b_u."""
-        k = self.in_dim
-        gain = rows[:, :, k + 1] * (raw_global - self.gain_center)
-        return raw_global + gain + torch.einsum("boi,bi->bo", rows[:, :, :k], z * self.v_scale) + rows[:, :, k]
+        # one multiply-and-sum over the row: no slicing of `rows` (slice backwards zero-fill full tensors)
+        return raw_global + (rows * self.inputs(z, raw_global)).sum(-1)
 
 
 class PersonalizedHead(nn.Module):
     """A frozen global `RewardHead` + a `UserBank`. `user_idx < 0` (unknown user) means the global head alone."""
 
-    def __init__(self, head: RewardHead, n_users: int, user_input: str = "hidden", *, sparse: bool = True) -> None:
+    def __init__(self, head: RewardHead, n_users: int, user_input: str = "hidden", *, sparse: bool = False) -> None:
         super().__init__()
         if user_input not in ("hidden", "features"):
             raise ValueError(f"`user_input` must be 'hidden' or 'features', got {user_input!r}")
@@ -83,16 +90,54 @@ class PersonalizedHead(nn.Module):
         z = h if self.user_input == "hidden" else self.head.normalize(x)
         return z, self.head.out(h)
 
-    def from_base(
-        self, z: torch.Tensor, raw_global: torch.Tensor, user_idx: torch.Tensor
-    ) -> tuple[HeadOutput, torch.Tensor]:
-        """Head output and the per-sample squared entries of W_u, (B, n_out, k+2), for the prior."""
+    def from_rows(self, z: torch.Tensor, raw_global: torch.Tensor, rows: torch.Tensor) -> HeadOutput:
+        """Head output from precomputed parts and per-sample bank rows (B, n_out·(k+2))."""
+        raw = self.bank.apply(z, raw_global, rows.view(-1, self.bank.n_out, self.bank.row_width))
+        return raw_to_mu_var(raw, self.head.cfg)
+
+    def from_base(self, z: torch.Tensor, raw_global: torch.Tensor, user_idx: torch.Tensor) -> HeadOutput:
+        """Head output from precomputed parts; `user_idx < 0` rows get the global head."""
         known = user_idx >= 0
         rows = self.bank.gather(user_idx.clamp_min(0))
-        rows = rows * known.view(-1, 1, 1).to(rows.dtype)
-        raw = self.bank.apply(z, raw_global, rows)
-        return raw_to_mu_var(raw, self.head.cfg), rows.pow(2)
+        if not bool(known.all()):
+            rows = rows * known.view(-1, 1, 1).to(rows.dtype)
+        return raw_to_mu_var(self.bank.apply(z, raw_global, rows), self.head.cfg)
 
     def forward(self, x: torch.Tensor, user_idx: torch.Tensor) -> HeadOutput:
         z, raw_global = self.base(x)
-        return self.from_base(z, raw_global, user_idx)[0]
+        return self.from_base(z, raw_global, user_idx)
+
+
+class LazyAdam:
+    """Adam over the rows of a (U, W) bank that updates only the rows it is told were in the batch.
+
+    Unlike `torch.optim.SparseAdam` it keeps a step count per row, so bias correction is right for a user that
+    appears in few batches, and it works from a dense gradient (a plain `index` backward, much faster than
+    coalescing a sparse gradient with one entry per sample). Rows not passed to `step` are left bit-for-bit
+    unchanged, moments included.
+    """
+
+    def __init__(self, param: torch.Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        self.param, self.lr, self.betas, self.eps = param, lr, betas, eps
+        self.exp_avg = torch.zeros_like(param)
+        self.exp_avg_sq = torch.zeros_like(param)
+        self.steps = torch.zeros(param.shape[0], dtype=torch.float64)
+
+    @torch.no_grad()
+    def step(self, rows: torch.Tensor) -> None:
+        """Update `rows` (unique row indices) from `param.grad`, then zero their gradient."""
+        grad = self.param.grad
+        if grad is None or len(rows) == 0:
+            return
+        b1, b2 = self.betas
+        g = grad[rows]
+        t = self.steps[rows] + 1
+        self.steps[rows] = t
+        m = self.exp_avg[rows].mul_(b1).add_(g, alpha=1 - b1)
+        v = self.exp_avg_sq[rows].mul_(b2).addcmul_(g, g, value=1 - b2)
+        self.exp_avg[rows], self.exp_avg_sq[rows] = m, v
+        bc1 = (1 - b1**t).to(g.dtype).unsqueeze(1)
+        bc2 = (1 - b2**t).to(g.dtype).unsqueeze(1)
+        self.param[rows] -= self.lr * (m / bc1) / ((v / bc2).sqrt() + self.eps)
+        grad[rows] = 0

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,14 +139,18 @@ def fit_global_head(
 
 @dataclass
 class FaultInjection:
-    """Testing hook: `rank` exits with `os._exit(1)` at the start of `epoch` on its first attempt.
+    """Testing hook: `rank` exits with `os._exit(1)` early in `epoch` on its first attempt.
 
     The first attempt is detected by the absence of `marker` (a file the failing worker creates before dying).
+    The worker dies `delay_s` seconds into the epoch: Ray Train's controller collects reports when it polls
+    the workers (every 2 s), so a crash right after a report can lose that report, and the run then resumes
+    one epoch earlier (still from a checkpoint). The delay makes the resume point deterministic for tests.
     """
 
     marker: str
     epoch: int
     rank: int = 1
+    delay_s: float = 8.0
 
 
 class GlobalModel(nn.Module):
@@ -317,6 +322,7 @@ def _global_train_loop(loop_cfg: dict[str, Any]) -> None:
     for epoch in range(start, gcfg.epochs + 1):
         if fault and rank == fault["rank"] and epoch == fault["epoch"] and not os.path.exists(fault["marker"]):
             Path(fault["marker"]).write_text(f"rank {rank} died at epoch {epoch}\n")
+            time.sleep(fault["delay_s"])
             os._exit(1)  # a hard crash: no cleanup, no report
         model.train()
         gen = torch.Generator().manual_seed(loop_cfg["seed"] * 1000 + epoch)  # same step count on every rank
@@ -355,7 +361,8 @@ def _global_train_loop(loop_cfg: dict[str, Any]) -> None:
         state["history"].append({k: float(v) for k, v in metrics.items()})
         stop = state["bad"] >= gcfg.patience or epoch == gcfg.epochs
         metrics.update(start_epoch=start, restored_from=restored_from, attempts=state["attempts"],
-                       best_epoch=state["best_epoch"], done=stop)
+                       best_epoch=state["best_epoch"], done=stop, world_size=world,
+                       zero_stage=gcfg.zero_stage if engine is not None else -1)
         with tempfile.TemporaryDirectory() as d:
             save_optimizer_state(base_opt, Path(d), f"optim-rank{rank}")
             if rank == 0:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +139,17 @@ def train_reward_models_local(
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@contextmanager
+def _phase(summary: dict[str, Any], name: str) -> Iterator[None]:
+    """Log a pipeline phase and record its wall time in `summary["timings"]`."""
+    log.info("training: %s ...", name)
+    t0 = time.perf_counter()
+    yield
+    dt = time.perf_counter() - t0
+    summary.setdefault("timings", {})[name] = round(dt, 1)
+    log.info("training: %s done in %.1fs", name, dt)
+
+
 def _key(u: str, q: str) -> str:
     return f"{u}\x1f{q}"
 
@@ -211,8 +224,10 @@ def run_train(
         if not scores_path.exists() or stale:
             from ttp_ray.training.scoring_job import run_scoring_job
 
-            run_scoring_job(eval_dir, rm_dir, scores_path, cfg.variants, num_actors=cfg.feature_job.num_actors,
-                            batch_size=cfg.score_batch_size, num_cpus_per_actor=cfg.feature_job.num_cpus_per_actor)
+            with _phase(summary, "scoring"):
+                run_scoring_job(eval_dir, rm_dir, scores_path, cfg.variants,
+                                num_actors=cfg.feature_job.num_actors, batch_size=cfg.score_batch_size,
+                                num_cpus_per_actor=cfg.feature_job.num_cpus_per_actor)
         summary["scores"] = str(scores_path)
     else:
         log.warning("no eval candidates under %s: nothing to score", eval_dir)
@@ -224,11 +239,13 @@ def _train_variants(cfg: TrainingConfig, todo: list[str], cand_dir: Path, profil
                     summary: dict[str, Any], fault: FaultInjection | None) -> None:
     fj, gs = cfg.feature_job, cfg.global_stage
     frozen_dir = rm_dir / "features" / "frozen" / "rm_train"
-    fz = Featurizer.from_config(cfg.features)
     if gs.backbone_mode == "frozen":
-        run_features_job(cand_dir, profile, frozen_dir, cfg.features, num_actors=fj.num_actors,
-                         batch_size=fj.batch_size, num_cpus_per_actor=fj.num_cpus_per_actor)
-    contexts = build_contexts(fz, profile, keep_items=gs.backbone_mode != "frozen")
+        with _phase(summary, "features"):
+            run_features_job(cand_dir, profile, frozen_dir, cfg.features, num_actors=fj.num_actors,
+                             batch_size=fj.batch_size, num_cpus_per_actor=fj.num_cpus_per_actor)
+    with _phase(summary, "user_contexts"):
+        fz = Featurizer.from_config(cfg.features)
+        contexts = build_contexts(fz, profile, keep_items=gs.backbone_mode != "frozen")
     # only the committed part files: the folder also holds errors.parquet (ERRORS schema) and a manifest
     keys = pa.concat_tables([pq.read_table(p, columns=["user_id", "query_id"])
                              for p in sorted(Path(cand_dir).glob("part-*.parquet"))])
@@ -250,8 +267,9 @@ def _train_variants(cfg: TrainingConfig, todo: list[str], cand_dir: Path, profil
         backbone_state, ctxs, pop = any_ck.backbone_state, any_ck.contexts, any_ck.population
         feat_dir = frozen_dir if not backbone_state else rm_dir / "features" / "tuned" / "rm_train"
     else:
-        heads, backbone_state, feat_dir, ctxs, pop, metrics = _global(
-            cfg, needed, cand_dir, profile, frozen_dir, fz, contexts, val_keys, storage, fault)
+        with _phase(summary, "global_stage"):
+            heads, backbone_state, feat_dir, ctxs, pop, metrics = _global(
+                cfg, needed, cand_dir, profile, frozen_dir, fz, contexts, val_keys, storage, fault)
         summary["global"] = metrics
         for gv in needed:
             if gv in todo:
@@ -268,8 +286,9 @@ def _train_variants(cfg: TrainingConfig, todo: list[str], cand_dir: Path, profil
     if not jobs:
         return
     if cfg.user_stage_workers > 0:
-        models = run_user_stage(feat_dir, user_index, jobs, golden=cfg.golden, num_workers=cfg.user_stage_workers,
-                                storage_path=storage, name="user-stage")
+        with _phase(summary, "user_stage"):
+            models = run_user_stage(feat_dir, user_index, jobs, golden=cfg.golden,
+                                    num_workers=cfg.user_stage_workers, storage_path=storage, name="user-stage")
     else:
         t = read_feature_table(feat_dir, columns=["user_id", "query_id", cfg.golden, "features"])
         x, g = features_matrix(t), t[cfg.golden].to_numpy(zero_copy_only=False)

@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ttp_ray.errors import TTPValidationError
-from ttp_ray.reward.bank import PersonalizedHead
+from ttp_ray.reward.bank import LazyAdam, PersonalizedHead
 from ttp_ray.reward.config import UserStageConfig
 from ttp_ray.reward.heads import RewardHead
 from ttp_ray.reward.losses import gaussian_nll, head_loss, mse
@@ -114,6 +114,15 @@ def _check_head(head: RewardHead, cfg: UserStageConfig) -> None:
                 "the global head, so train both with the same head settings",
                 parameter=f"user_stage.{key}", value=want[key],
             )
+
+
+def _group(ub: torch.Tensor, n_users: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`torch.unique(ub, return_inverse=True, return_counts=True)` in O(B + U) without a sort."""
+    counts = torch.bincount(ub, minlength=n_users)
+    present = counts > 0
+    touched = torch.nonzero(present).squeeze(1)
+    position = torch.cumsum(present, 0) - 1
+    return touched, position[ub], counts[touched]
 
 
 def _per_user_loss(loss: torch.Tensor, u: torch.Tensor, n_users: int) -> tuple[np.ndarray, np.ndarray]:
@@ -202,12 +211,13 @@ def fit_user_stage(
     if prob:
         lam[1] = lam_var
     lam[:, : model.bank.in_dim] *= model.bank.v_scale**2  # the prior acts on the function V·z, not on V/√k
+    lam_flat = lam.reshape(-1)
     weight = model.bank.weight
-    opt = torch.optim.SparseAdam([weight], lr=cfg.lr)
+    opt = LazyAdam(weight, lr=cfg.lr)
 
     def val_losses() -> tuple[np.ndarray, dict[str, float]]:
         with torch.no_grad():
-            out, _ = model.from_base(z[val_rows], raw0[val_rows], u[val_rows])
+            out = model.from_base(z[val_rows], raw0[val_rows], u[val_rows])
             gv = g[val_rows]
             err = mse(out.mu, gv)
             crit = gaussian_nll(out.mu, out.var, gv) if prob else err
@@ -239,27 +249,30 @@ def fit_user_stage(
     bar = tqdm(range(1, cfg.epochs + 1), desc="user stage", unit="epoch", disable=not progress)
     for epoch in bar:
         lr = 0.5 * cfg.lr * (1 + math.cos(math.pi * (epoch - 1) / cfg.epochs))  # cosine decay to ~0
-        for group in opt.param_groups:
-            group["lr"] = lr
+        opt.lr = lr
         act = torch.as_tensor(active)
         rows = train_rows[act[u[train_rows]]]
         rows = rows[torch.randperm(len(rows), generator=gen)]
+        # one gather per epoch; batches are then contiguous views
+        ze, re, ge, ue = (t.index_select(0, rows) for t in (z, raw0, g, u))
         total, seen = 0.0, 0
         for s in range(0, len(rows), cfg.batch_size):
-            b = rows[s : s + cfg.batch_size]
-            ub = u[b]
-            out, rows_sq = model.from_base(z[b], raw0[b], ub)
-            prior = inv_n[ub] * (rows_sq * lam).sum(dim=(1, 2))
-            loss = (head_loss(out.mu, out.var, g[b], cfg.beta_nll) + prior).mean()
-            opt.zero_grad(set_to_none=True)
+            b = slice(s, s + cfg.batch_size)
+            ub = ue[b]
+            touched, inverse, counts = _group(ub, n_users)
+            # index_select, not [...]: its backward is an index_add (fast), not an accumulating index_put (slow)
+            rows_u = weight.index_select(0, touched)  # (T, W): one gather per user in the batch ...
+            out = model.from_rows(ze[b], re[b], rows_u.index_select(0, inverse))  # ... expanded to its samples
+            # each sample carries its user's share of the prior: Σ_u count_u / n_u · Σ_j λ_j W_uj²
+            prior = (counts * inv_n[touched] * (rows_u.pow(2) * lam_flat).sum(1)).sum()
+            loss = (head_loss(out.mu, out.var, ge[b], cfg.beta_nll).sum() + prior) / len(ub)
             loss.backward()
-            opt.step()
+            opt.step(touched)  # only the rows of users in this batch move
             if cfg.weight_decay > 0:
                 with torch.no_grad():
-                    touched = torch.unique(ub)
                     weight[touched] *= 1.0 - lr * cfg.weight_decay
-            total += loss.item() * len(b)
-            seen += len(b)
+            total += loss.item() * len(ub)
+            seen += len(ub)
         per_user, metrics = val_losses()
         improved = has_val & active & (per_user < best_val)
         no_val = ~has_val & active  # nothing to stop on: keep the latest parameters

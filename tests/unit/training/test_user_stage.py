@@ -1,0 +1,80 @@
+"""The per-user stage: query-level split, per-user early stopping, the report callback, input checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ttp_ray.errors import TTPValidationError
+from ttp_ray.reward.config import UserStageConfig
+from ttp_ray.training.config import GlobalStageConfig
+from ttp_ray.training.global_stage import fit_global_head
+from ttp_ray.training.user_stage import fit_user_stage, split_by_query, synthetic_bank_data
+
+
+def test_split_is_by_query_within_each_user() -> None:
+    users = np.repeat([0, 0, 0, 0, 0, 1, 1, 2], 4)  # user 0: 5 queries, user 1: 2, user 2: 1
+    queries = np.repeat(["a", "b", "c", "d", "e", "f", "g", "h"], 4).astype(object)
+    val = split_by_query(users, queries, 0.4, seed=3)
+    for q in set(queries):  # all candidates of a query are on the same side
+        assert len(set(val[queries == q])) == 1
+    n_val = {u: len(set(queries[(users == u) & val])) for u in (0, 1, 2)}
+    assert n_val == {0: 2, 1: 1, 2: 0}  # round(0.4*5)=2; >=1 each side for 2 queries; none for 1 query
+    assert np.array_equal(val, split_by_query(users, queries, 0.4, seed=3))  # deterministic
+    assert not split_by_query(users, queries, 0.0).any()
+
+
+def _small():
+    data = synthetic_bank_data(n_users=8, n_queries=6, n_eval_queries=0, collapse_frac=0.25, seed=2)
+    cfg = UserStageConfig(epochs=40, patience=5)
+    val = split_by_query(data.user_idx, data.query_ids, cfg.val_fraction, cfg.seed)
+    head = fit_global_head(data.features, data.golden, val, cfg.head_config(), GlobalStageConfig(epochs=10)).head
+    return data, cfg, head
+
+
+def test_per_user_early_stopping_keeps_each_users_best_and_reports() -> None:
+    data, cfg, head = _small()
+    seen: list[tuple[int, dict]] = []
+    res = fit_user_stage(data.features, data.golden, data.user_idx, data.query_ids, head, cfg,
+                         report=lambda e, m: seen.append((e, m)))
+    assert [e for e, _ in seen] == list(range(len(seen))) and seen[0][0] == 0
+    assert {"val_nll", "val_mse", "val_sigma", "train_loss", "active_users"} <= set(seen[-1][1])
+    assert (res.n_val > 0).all() and (res.best_epoch >= 0).all()
+    assert np.isfinite(res.val_loss).all()
+    # the kept parameters are each user's best: their validation NLL equals the recorded best
+    val = split_by_query(data.user_idx, data.query_ids, cfg.val_fraction, cfg.seed)
+    mu, var = res.predict(data.features[val], data.user_idx[val])
+    nll = 0.5 * (np.log(var) + (data.golden[val] - mu) ** 2 / var)
+    for u in range(8):
+        m = data.user_idx[val] == u
+        assert nll[m].mean() == pytest.approx(res.val_loss[u], rel=1e-4, abs=1e-5)
+    # and no user ends worse than the global head on its own validation queries (epoch 0 is a candidate)
+    with torch.no_grad():
+        g_out = head(torch.tensor(data.features[val]))
+    g_nll = 0.5 * (np.log(g_out.var.numpy()) + (data.golden[val] - g_out.mu.numpy()) ** 2 / g_out.var.numpy())
+    for u in range(8):
+        m = data.user_idx[val] == u
+        assert res.val_loss[u] <= g_nll[m].mean() + 1e-5
+    assert (res.best_epoch > 0).sum() >= 4  # most users did improve on the global head
+
+
+def test_user_without_training_rows_keeps_the_global_head() -> None:
+    data, cfg, head = _small()
+    keep = data.user_idx != 3
+    res = fit_user_stage(data.features[keep], data.golden[keep], data.user_idx[keep], data.query_ids[keep], head,
+                         cfg, n_users=8)
+    assert torch.count_nonzero(res.model.bank.weight[3]) == 0
+    x = torch.tensor(data.features[:5])
+    assert torch.allclose(res.model(x, torch.full((5,), 3)).mu, head(x).mu)
+
+
+def test_head_mismatch_and_bad_inputs_are_named() -> None:
+    data, cfg, head = _small()
+    with pytest.raises(TTPValidationError, match="user_stage.hidden_dim"):
+        fit_user_stage(data.features, data.golden, data.user_idx, data.query_ids, head,
+                       cfg.model_copy(update={"hidden_dim": 7}))
+    with pytest.raises(TTPValidationError, match="N rows"):
+        fit_user_stage(data.features[:-1], data.golden, data.user_idx, data.query_ids, head, cfg)
+    with pytest.raises(TTPValidationError, match="user_idx"):
+        fit_user_stage(data.features, data.golden, -data.user_idx - 1, data.query_ids, head, cfg)
