@@ -10,7 +10,12 @@ from ttp_ray.reward.config import FeatureConfig, HeadConfig
 from ttp_ray.reward.features import Featurizer, population_context
 from ttp_ray.reward.heads import RewardHead
 from ttp_ray.training.config import GlobalStageConfig
-from ttp_ray.training.features_job import build_contexts, compute_features, compute_static_table, features_matrix
+from ttp_ray.training.features_job import (
+    build_contexts,
+    compute_features,
+    compute_static_table,
+    features_matrix,
+)
 from ttp_ray.training.global_stage import GlobalModel, _batch_to_torch, fit_global_head
 from ttp_ray.training.user_stage import split_by_query, synthetic_bank_data
 
