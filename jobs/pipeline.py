@@ -37,10 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_pipeline_config(args.config, args.overrides)
         cfg.stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-        kw = {}
-        if cfg.ray.num_cpus:
-            kw["num_cpus"] = cfg.ray.num_cpus
-        init_ray(args.address or cfg.ray.address, **kw)
+        init_ray(args.address or cfg.ray.address, **cfg.ray.init_kwargs())
         run_pipeline(cfg)
     except (TTPValidationError, DataError, FileNotFoundError) as e:
         print(f"pipeline: error: {e}", file=sys.stderr)

@@ -51,12 +51,7 @@ def _pipeline_cfg(config: Path | None, overrides: list[str] | None, dataset: str
 def _init_ray(cfg, address: str | None) -> None:
     from ttp_ray.ray_utils import init_ray
 
-    kw = {}
-    if cfg.ray.num_cpus:
-        kw["num_cpus"] = cfg.ray.num_cpus
-    if cfg.ray.object_store_memory_mb:
-        kw["object_store_memory"] = cfg.ray.object_store_memory_mb * 1024**2
-    init_ray(address or cfg.ray.address, **kw)
+    init_ray(address or cfg.ray.address, **cfg.ray.init_kwargs())
 
 
 def _fail(e: Exception) -> None:

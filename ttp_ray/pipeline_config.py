@@ -47,6 +47,13 @@ class RayConfig(StageConfig):
     num_cpus: int | None = Field(None, ge=1, description="Logical CPUs of a new local cluster (None = all).")
     object_store_memory_mb: int | None = Field(None, ge=64, description="Object store of a new local cluster.")
 
+    def init_kwargs(self) -> dict[str, int]:
+        """`ray.init` sizing for a cluster we start (init_ray drops them when attaching to an existing one)."""
+        kw = {"num_cpus": self.num_cpus}
+        if self.object_store_memory_mb:
+            kw["object_store_memory"] = self.object_store_memory_mb * 1024**2
+        return {k: v for k, v in kw.items() if v}
+
 
 class PipelineConfig(StageConfig):
     """The whole run. Relative paths are resolved against the current working directory."""
