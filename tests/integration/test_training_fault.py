@@ -40,9 +40,11 @@ def test_worker_killed_mid_run_resumes_from_last_checkpoint(ray_session, tmp_pat
     assert marker.read_text().startswith("rank 1 died at epoch 3")  # the worker really died
     m = res.metrics
     assert m["attempts"] == 2  # the worker group was restarted once
-    assert m["restored_from"] == 2 and m["start_epoch"] == 3  # from the epoch-2 checkpoint, not from scratch
+    # resumed from a checkpoint of the first attempt, not from scratch: the epoch-2 one (the worker dies 8 s into
+    # epoch 3, after the controller's 2 s poll has registered it); epoch 1 only if the host is badly overloaded
+    assert m["restored_from"] in (1, 2) and m["start_epoch"] == m["restored_from"] + 1
     assert m["epoch"] == 5 and m["done"]
-    assert [h["epoch"] for h in res.history] == [1, 2, 3, 4, 5]  # epochs 1-2 kept from the first attempt
+    assert [h["epoch"] for h in res.history] == [1, 2, 3, 4, 5]  # first-attempt epochs kept, none repeated
     # sane final metrics: the head learned (validation MSE well under the golden variance) and σ is positive
     assert m["global-prob/val_mse"] < 0.5 * float(g[val].var())
     assert 0 < m["global-prob/val_sigma"] < 1

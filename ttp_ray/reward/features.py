@@ -22,6 +22,7 @@ only of text blocks (`STATIC_BLOCKS`) needs no backbone at all.
 from __future__ import annotations
 
 import math
+import threading
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -171,6 +172,7 @@ class Featurizer:
         self.embed_dim = backbone.dim if backbone is not None else 0
         self.dim = feature_dim(cfg, self.embed_dim)
         self._query_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()
         self.needs_cand = any(b in self.blocks for b in ("cand", "cand_x_query", "cand_x_user", "cos_query",
                                                          "cos_user"))
         self.needs_query = any(b in self.blocks for b in ("cand_x_query", "cos_query"))
@@ -209,6 +211,11 @@ class Featurizer:
 
     # ---- features -------------------------------------------------------------------------------------------
     def _encode(self, texts: list[str], max_len: int, *, progress: bool = False, desc: str = "") -> torch.Tensor:
+        """Embeddings of `texts`, each distinct text encoded once (sampled pools repeat candidates)."""
+        uniq = list(dict.fromkeys(texts))
+        if len(uniq) < len(texts):
+            pos = {t: i for i, t in enumerate(uniq)}
+            return self._encode(uniq, max_len, progress=progress, desc=desc)[[pos[t] for t in texts]]
         bs = self.cfg.encode_batch_size
         if not progress or len(texts) <= bs:
             return self.backbone.encode(texts, max_length=max_len, batch_size=bs)
@@ -219,21 +226,19 @@ class Featurizer:
     def _queries(self, queries: list[str]) -> torch.Tensor:
         """Query embeddings through the LRU cache (one batched encode for the misses)."""
         cache, size = self._query_cache, self.cfg.query_cache_size
-        missing = list(dict.fromkeys(q for q in queries if q not in cache))
-        fresh = dict(zip(missing, self._encode(missing, self.cfg.max_query_tokens), strict=True)) if missing else {}
-        out = []
-        for q in queries:
-            e = fresh.get(q)
-            if e is None:
-                e = cache[q]
+        with self._lock:  # a Serve replica may call in from several threads
+            hits = {q: cache[q] for q in dict.fromkeys(queries) if q in cache}
+            for q in hits:
                 cache.move_to_end(q)
-            out.append(e)
-        if size > 0:
-            for q, e in fresh.items():
-                cache[q] = e
-            while len(cache) > size:
-                cache.popitem(last=False)
-        return torch.stack(out)
+        missing = [q for q in dict.fromkeys(queries) if q not in hits]
+        fresh = dict(zip(missing, self._encode(missing, self.cfg.max_query_tokens), strict=True)) if missing else {}
+        if size > 0 and fresh:
+            with self._lock:
+                cache.update(fresh)
+                while len(cache) > size:
+                    cache.popitem(last=False)
+        known = hits | fresh
+        return torch.stack([known[q] for q in queries])
 
     def static_parts(self, requests: Sequence[FeatureRequest]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Per-candidate parts that need no candidate/query backbone pass: ĉ_u rows and the static scalars."""

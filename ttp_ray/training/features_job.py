@@ -156,9 +156,11 @@ class FeatureUDF:
         users = set(batch["user_id"].to_pylist()) - set(self.contexts)
         if users:
             self.contexts.update(build_contexts(self.featurizer, self.profile, users))
-        from ttp_ray.reward.features import population_context
+        population = None
+        if users - set(self.contexts):  # users without a profile: score them as an average user
+            from ttp_ray.reward.features import population_context
 
-        population = population_context(self.contexts.values()) if self.contexts else None
+            population = population_context(self.contexts.values()) if self.contexts else None
         return compute_features(self.featurizer, batch, self.contexts, population)
 
 

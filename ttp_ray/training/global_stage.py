@@ -88,11 +88,19 @@ def fit_global_head(
         head_cfg: architecture (Det when `probabilistic=False`). cfg: epochs, lr, batch size, patience, β.
     """
     x = torch.tensor(np.asarray(features), dtype=torch.float32)
-    g = torch.as_tensor(np.asarray(golden), dtype=torch.float32)
+    g = torch.tensor(np.asarray(golden), dtype=torch.float32)
     vm = torch.tensor(np.asarray(val_mask) if val_mask is not None else np.zeros(len(x), dtype=bool))
     tr, va = torch.nonzero(~vm).squeeze(1), torch.nonzero(vm).squeeze(1)
     if len(tr) == 0:
         raise ValueError("fit_global_head: no training rows (every row is in the validation split)")
+    from ttp_ray.training.user_stage import torch_threads
+
+    with torch_threads(cfg.batch_size * x.shape[1] * 8):
+        return _fit_global_head(x, g, tr, va, head_cfg, cfg, seed, report, progress)
+
+
+def _fit_global_head(x: torch.Tensor, g: torch.Tensor, tr: torch.Tensor, va: torch.Tensor, head_cfg: HeadConfig,
+                     cfg: GlobalStageConfig, seed: int, report: Any, progress: bool) -> GlobalFitResult:
     head = new_head(x[tr], g[tr], head_cfg, seed)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(seed)

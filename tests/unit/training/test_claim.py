@@ -60,7 +60,6 @@ def test_prob_keeps_collapse_prone_users_ranked_where_det_collapses(seed: int) -
     assert np.mean([prob[u] for u in normal]) > 0.8 and np.mean([det[u] for u in normal]) > 0.8
 
 
-@pytest.mark.slow
 def test_claim_on_simulated_pools(tmp_path) -> None:
     """The same comparison on the project's synthetic benchmark (`simulate_pools`: planted collapse-prone users)
     with the text-only feature blocks (no encoder, so it runs in seconds).
