@@ -198,7 +198,8 @@ def build_application(cfg: ServingConfig) -> serve.Application:
     scorer = ScorerDeployment.options(
         **cfg.scorer.serve_options(), logging_config=logging_config,
         user_config={"rm_dir": cfg.rm_dir, "rm_variant": cfg.rm_variant, "rm_version": cfg.rm_version},
-    ).bind(cfg.scorer.max_batch_size, cfg.scorer.batch_wait_timeout_s, cfg.scorer.device, cfg.scorer.torch_threads)
+    ).bind(cfg.scorer.max_batch_size, cfg.scorer.batch_wait_timeout_s, cfg.scorer.max_ongoing_requests,
+           cfg.scorer.device, cfg.scorer.torch_threads)
     policy = None
     if cfg.policy is not None:
         policy = PolicyDeployment.options(**cfg.policy.serve_options(), logging_config=logging_config).bind(

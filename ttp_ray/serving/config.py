@@ -108,8 +108,10 @@ class DeploymentSection(StageConfig):
 class BatchedDeploymentSection(DeploymentSection):
     """A deployment whose replicas batch concurrent calls (`@serve.batch`) into one forward pass."""
 
-    max_batch_size: int = Field(16, ge=1, description="Most requests merged into one batch.")
-    batch_wait_timeout_s: float = Field(0.005, ge=0, description="How long a partial batch waits for more.")
+    max_batch_size: int = Field(16, ge=1, description="Most requests merged into one forward pass.")
+    batch_wait_timeout_s: float = Field(
+        0.0, ge=0, description="How long the first request of an idle replica waits for company. Requests that "
+        "arrive while a pass runs are merged into the next one regardless (continuous batching).")
 
     @model_validator(mode="after")
     def _batch_fits(self) -> BatchedDeploymentSection:
@@ -136,7 +138,8 @@ class PolicySection(BatchedDeploymentSection):
     profile_path: str = Field(..., description="PROFILE Parquet of the served users (never returned to callers).")
     task: str = Field("commit_subject", description="Task name the prompt builder formats for.")
     max_batch_size: int = Field(8, ge=1, description="Most generate requests merged into one engine call.")
-    batch_wait_timeout_s: float = Field(0.01, ge=0, description="How long a partial batch waits for more.")
+    batch_wait_timeout_s: float = Field(0.01, ge=0, description="How long the first request of an idle replica "
+                                        "waits for company (negligible next to generation time).")
 
     @model_validator(mode="after")
     def _prompt_fits_context(self) -> PolicySection:

@@ -1,8 +1,8 @@
 """The two model deployments behind the ingress: the reward scorer and the policy.
 
-Both merge concurrent calls with `@serve.batch` (one RM forward pass / one engine call for many callers) and
-run the blocking model code in a worker thread, so the replica's event loop keeps accepting requests and the
-next batch fills while the current one computes.
+Both merge concurrent calls into one RM forward pass / one engine call: `@serve.batch` groups what arrives
+together, and a `Coalescer` merges every group still waiting when the model becomes free (see batching.py).
+The blocking model code runs in a worker thread, so the replica's event loop keeps accepting requests.
 
 The scorer's checkpoint comes from its `user_config` (`rm_dir`, `rm_variant`, `rm_version`): `reconfigure`
 loads the new checkpoint off the event loop and swaps it in atomically, so batches already running finish on
@@ -16,11 +16,13 @@ import asyncio
 import hashlib
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ray import serve
 
+from ttp_ray.serving.batching import Coalescer
 from ttp_ray.serving.config import PolicySection
 from ttp_ray.serving.policy_runtime import GenerateCall, GenerateReply
 
@@ -69,8 +71,8 @@ def checkpoint_version(rm_dir: str, variant: str) -> str:
 class ScorerDeployment:
     """Scores (user, query, candidates) with the user's RM; unknown users fall back to the global head."""
 
-    def __init__(self, max_batch_size: int, batch_wait_timeout_s: float, device: str = "cpu",
-                 torch_threads: int | None = None) -> None:
+    def __init__(self, max_batch_size: int, batch_wait_timeout_s: float, max_ongoing_requests: int,
+                 device: str = "cpu", torch_threads: int | None = None) -> None:
         from ttp_ray.serving.metrics import ScorerMetrics
 
         if torch_threads is not None:
@@ -81,9 +83,9 @@ class ScorerDeployment:
         self._rm: _LoadedRM | None = None
         self._reload_lock = asyncio.Lock()
         self._metrics = ScorerMetrics()
-        self._counts = {"batches": 0, "calls": 0, "candidates": 0}  # cumulative, reported by `info`
-        self._score_batch.set_max_batch_size(max_batch_size)
-        self._score_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self._candidates = 0
+        self._coalescer: Coalescer[ScoreCall, ScoreReply | Exception] = Coalescer(self._score_pass, max_batch_size)
+        self._enqueue = batched(self._coalescer.submit, max_batch_size, batch_wait_timeout_s, max_ongoing_requests)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Load `user_config["rm_dir"]` / `["rm_variant"]` and swap it in (no-op if already loaded)."""
@@ -108,7 +110,7 @@ class ScorerDeployment:
         """The loaded checkpoint and this replica's cumulative batching counters."""
         rm = self._loaded()
         return {"rm_version": rm.version, "rm_variant": rm.variant, "n_users": len(rm.scorer.known_users),
-                **self._counts}
+                "passes": self._coalescer.passes, "calls": self._coalescer.items, "candidates": self._candidates}
 
     def _loaded(self) -> _LoadedRM:
         if self._rm is None:  # Serve calls reconfigure before routing traffic; this is a misconfiguration
@@ -116,26 +118,20 @@ class ScorerDeployment:
         return self._rm
 
     async def score(self, call: ScoreCall) -> ScoreReply:
-        return _raise_if_error(await self._score_batch(call))
+        return _raise_if_error(await self._enqueue(call))
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def _score_batch(self, calls: list[ScoreCall]) -> list[ScoreReply | Exception]:
-        rm = self._loaded()  # one model for the whole batch, even if a reload swaps it meanwhile
+    def _score_pass(self, calls: list[ScoreCall]) -> list[ScoreReply | Exception]:
+        """One forward pass (worker thread); if it fails, score one by one so only the bad call fails."""
+        rm = self._loaded()  # one model for the whole pass, even if a reload swaps it meanwhile
         n_cands = sum(len(c.candidates) for c in calls)
+        self._candidates += n_cands
         self._metrics.batch_size.observe(n_cands)
-        self._counts["batches"] += 1
-        self._counts["calls"] += len(calls)
-        self._counts["candidates"] += n_cands
-        return await asyncio.to_thread(self._score_all, rm, calls)
-
-    def _score_all(self, rm: _LoadedRM, calls: list[ScoreCall]) -> list[ScoreReply | Exception]:
-        """One forward pass for the batch; if it fails, score one by one so only the bad call fails."""
         try:
             results = rm.scorer.score_batch([_as_request(c) for c in calls])
             return [self._reply(rm, c, r) for c, r in zip(calls, results, strict=True)]
-        except Exception:
+        except Exception as e:
             if len(calls) == 1:
-                raise
+                return [e]
         replies: list[ScoreReply | Exception] = []
         for c in calls:
             try:
@@ -151,6 +147,17 @@ class ScorerDeployment:
             raise RuntimeError(f"reward model {rm.version} returned non-finite scores")
         self._metrics.record(res.method, len(call.candidates), bool(res.fallback))
         return ScoreReply(mu, sigma, bool(res.fallback), res.method, rm.version)
+
+
+def batched(submit: Callable[[list[Any]], Awaitable[list[Any]]], max_batch_size: int, batch_wait_timeout_s: float,
+            max_ongoing_requests: int) -> Callable[[Any], Awaitable[Any]]:
+    """`@serve.batch` in front of a coalescer, sized from the deployment's config.
+
+    Enough concurrent batches that a group never waits for another to finish (the coalescer merges them),
+    and no more than `max_ongoing_requests` items in flight (Serve warns otherwise).
+    """
+    return serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s,
+                       max_concurrent_batches=max(1, max_ongoing_requests // max_batch_size))(submit)
 
 
 def _as_request(call: ScoreCall) -> tuple[str, str, list[str]]:
@@ -175,12 +182,10 @@ class PolicyDeployment:
 
         cfg = PolicySection.model_validate(section)
         self._runtime = PolicyRuntime.from_section(cfg)
-        self._generate_batch.set_max_batch_size(cfg.max_batch_size)
-        self._generate_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+        self._coalescer: Coalescer[GenerateCall, GenerateReply | Exception] = Coalescer(
+            self._runtime.generate, cfg.max_batch_size)
+        self._enqueue = batched(self._coalescer.submit, cfg.max_batch_size, cfg.batch_wait_timeout_s,
+                                cfg.max_ongoing_requests)
 
     async def generate(self, call: GenerateCall) -> GenerateReply:
-        return _raise_if_error(await self._generate_batch(call))
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _generate_batch(self, calls: list[GenerateCall]) -> list[GenerateReply | Exception]:
-        return await asyncio.to_thread(self._runtime.generate, calls)
+        return _raise_if_error(await self._enqueue(call))
