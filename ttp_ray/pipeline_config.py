@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ttp_ray.config import StageConfig, load_config
 from ttp_ray.data.config import DatasetConfig
@@ -67,6 +67,13 @@ class PipelineConfig(StageConfig):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     tuning: SweepConfig = Field(default_factory=SweepConfig)
+
+    @field_validator("run_dir")
+    @classmethod
+    def _absolute_run_dir(cls, v: Path) -> Path:
+        # made absolute here, in the driver: Ray workers may run in another directory (a job's working_dir),
+        # and Ray Train / Tune reject relative storage paths
+        return v.expanduser().absolute()
 
     def dataset(self, name: str) -> PipelineDatasetConfig:
         for d in self.datasets:

@@ -18,8 +18,10 @@ METHODS = {"oracle", "random", "global-det", "global-prob", "user-det", "user-pr
 
 
 @pytest.mark.slow
-def test_tiny_pipeline_report_fields_and_ranges(ray_session, tmp_path: Path) -> None:
-    cfg = load_pipeline_config(TINY, [f"run_dir={tmp_path}"])
+def test_tiny_pipeline_report_fields_and_ranges(ray_session, tmp_path: Path, monkeypatch) -> None:
+    # a relative run_dir, as `make demo` uses (runs/demo): Ray Train and Tune need absolute storage paths
+    monkeypatch.chdir(tmp_path.parent)
+    cfg = load_pipeline_config(TINY, [f"run_dir={tmp_path.name}"])
     report = run_pipeline(cfg)
 
     assert (tmp_path / "report.json").is_file() and (tmp_path / "report.md").is_file()
@@ -56,5 +58,5 @@ def test_tiny_pipeline_report_fields_and_ranges(ray_session, tmp_path: Path) -> 
         sim["methods"]["random"]["bon"][g][-1]
 
     # resumable: a second run finds every stage done and reproduces the same report
-    again = run_pipeline(load_pipeline_config(TINY, [f"run_dir={tmp_path}"]))
+    again = run_pipeline(load_pipeline_config(TINY, [f"run_dir={tmp_path.name}"]))
     assert again["summary"] == report["summary"]

@@ -446,7 +446,7 @@ def run_global_stage(
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=False),
         run_config=RunConfig(
             name=name,
-            storage_path=str(storage_path),
+            storage_path=str(Path(storage_path).resolve()),  # Ray Train needs a URI or an absolute path
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoints_to_keep),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             worker_runtime_env={"env_vars": worker_env()},

@@ -425,7 +425,7 @@ def run_user_stage(
         _user_stage_loop,
         train_loop_config=loop_cfg,
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=False),
-        run_config=RunConfig(name=name, storage_path=str(storage_path),
+        run_config=RunConfig(name=name, storage_path=str(Path(storage_path).resolve()),
                              worker_runtime_env={"env_vars": worker_env()}),
     )
     result = trainer.fit()

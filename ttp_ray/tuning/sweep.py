@@ -214,7 +214,7 @@ def run_sweep(
             time_budget_s=cfg.time_budget_s,
             reuse_actors=True,  # a fresh trial process pays seconds of torch imports; the data is per-trial anyway
         ),
-        run_config=tune.RunConfig(name=cfg.name, storage_path=str(out / "ray_results"), verbose=cfg.verbose),
+        run_config=tune.RunConfig(name=cfg.name, storage_path=str((out / "ray_results").resolve()), verbose=cfg.verbose),
     )
     log.info("tuning %d trials (max_t=%d iterations) on %d users, %d candidates -> %s",
              cfg.num_samples, max_t, data.n_users, len(data.golden), out)
