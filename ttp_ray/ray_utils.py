@@ -73,3 +73,17 @@ def init_ray(address: str | None = None, **kwargs: Any) -> None:
     kwargs.setdefault("runtime_env", {"env_vars": worker_env(local_cluster=local)})
     kwargs.setdefault("log_to_driver", True)
     ray.init(address=address, **kwargs)
+
+
+def train_worker_cpus(num_workers: int, *, want: float = 1.0, reserve: float = 1.0) -> float:
+    """CPUs to request per Ray Train worker so that `reserve` CPUs stay free for Ray Data's tasks.
+
+    A Ray Dataset handed to a trainer still lists and reads its files in ordinary tasks (1 CPU each); on a
+    2-CPU node two 1-CPU workers leave none, and the run waits forever (measured here: `make demo` hung in
+    ListFiles). Where the cluster has room this is `want`; below it the workers share what is left.
+    """
+    import ray
+
+    total = float(ray.cluster_resources().get("CPU", 0.0))
+    fit = (total - reserve) / max(num_workers, 1)
+    return want if fit >= want else max(0.1, round(fit, 2))

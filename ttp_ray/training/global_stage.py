@@ -423,7 +423,7 @@ def run_global_stage(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from ttp_ray.ray_utils import worker_env
+    from ttp_ray.ray_utils import train_worker_cpus, worker_env
 
     loop_cfg = {
         "head_cfgs": {k: v.model_dump() for k, v in head_cfgs.items()},
@@ -443,7 +443,8 @@ def run_global_stage(
     trainer = TorchTrainer(
         _global_train_loop,
         train_loop_config=loop_cfg,
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=False),
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=False,
+                                     resources_per_worker={"CPU": train_worker_cpus(cfg.num_workers)}),
         run_config=RunConfig(
             name=name,
             storage_path=str(Path(storage_path).resolve()),  # Ray Train needs a URI or an absolute path
