@@ -88,6 +88,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
 
     Returns the combined report (or `{}` when the evaluate stage did not run).
     """
+    from ttp_ray.evaluation.claims import check_claims, render_claims
     from ttp_ray.evaluation.report import merge_reports, render_table
 
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
@@ -113,12 +114,19 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         return {}
     merged = merge_reports(reports)
     merged["timings_s"] = timings
+    merged["claims"] = {name: check_claims(r) for name, r in merged["datasets"].items()}
     (cfg.run_dir / "report.json").write_text(json.dumps(merged, indent=1, allow_nan=False) + "\n")
     table = render_table(merged)
     md = ["# ttp-ray run report", "", f"Run directory `{cfg.run_dir}`.", "", "```", table, "```", ""]
+    md += [*render_claims(merged["claims"]), ""]
     for name in merged["datasets"]:
         md.append(f"- {name}: [eval/{name}/report.md](eval/{name}/report.md)")
     (cfg.run_dir / "report.md").write_text("\n".join(md) + "\n")
     print(table, flush=True)
+    for name, claims in merged["claims"].items():
+        held = sum(bool(c["passed"]) for c in claims)
+        print(f"claims on {name}: {held}/{len(claims)} hold"
+              + "".join(f"\n  {'ok ' if c['passed'] else 'NO '} {c['claim']}: {c['detail']}" for c in claims),
+              flush=True)
     _say(f"report: {cfg.run_dir / 'report.md'}")
     return merged

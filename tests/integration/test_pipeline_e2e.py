@@ -27,6 +27,11 @@ def test_tiny_pipeline_report_fields_and_ranges(ray_session, tmp_path: Path, mon
     assert (tmp_path / "report.json").is_file() and (tmp_path / "report.md").is_file()
     on_disk = json.loads((tmp_path / "report.json").read_text())
     assert set(on_disk["datasets"]) == {"tiny-policy", "tiny-sim"}
+    # the claims check is stated for every dataset (whether each holds is up to the data: tiny is noisy)
+    assert set(on_disk["claims"]) == {"tiny-policy", "tiny-sim"}
+    for claims in on_disk["claims"].values():
+        assert len(claims) == 6 and all(c["passed"] in (True, False, None) and c["detail"] for c in claims)
+    assert "## The method's claims on this run" in (tmp_path / "report.md").read_text()
     for name, rep in report["datasets"].items():
         assert set(rep["methods"]) == METHODS, name
         g = rep["golden"]
