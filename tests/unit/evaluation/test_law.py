@@ -40,7 +40,7 @@ def _evaluate(pools: bon.Pools, name: str) -> dict:
     }
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=8, deadline=None, derandomize=True)
 @given(
     alpha=st.sampled_from([0.0, 0.1, 0.3]),
     beta=st.sampled_from([0.0, 0.1, 0.2]),
@@ -54,7 +54,9 @@ def test_planted_alpha_beta_recovered_and_law_matches(alpha, beta, rho_h, rho_n,
                            pool_size=30, mu_sd=0.02, seed=seed)
     r = _evaluate(pools, "rm")
     fm = r["fm"]
-    assert fm.alpha == pytest.approx(alpha, abs=1e-9)  # collapsed users are exactly constant
+    # collapsed users are exactly constant; a healthy user's ρ_u dips under 0.1 in rare draws (seen once: seed
+    # 1415, α=0.3, β=0.2, ρ⁻=0.5 -> 0.31), so allow one user in 100
+    assert fm.alpha == pytest.approx(alpha, abs=0.0101)
     assert fm.beta == pytest.approx(beta, abs=0.02)  # a planted ±0.3 ρ_q flips sign rarely at M=30
     scale = r["gain"][-1]
     assert np.abs(r["per_query"].curve - r["observed"]).max() < 0.08 * scale
