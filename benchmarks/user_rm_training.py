@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -83,18 +84,25 @@ def _bank_phase(args: argparse.Namespace, out: mp.Queue) -> None:
              "bank_users_improved": int((res.best_epoch > 0).sum()), "rows": int(len(data.golden))})
 
 
-def _naive_phase(args: argparse.Namespace, out: mp.Queue) -> None:
+def _naive_setup(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
+    """What both naive loops share: data, settings, the frozen global head and the same sample of users."""
     import numpy as np
     import torch
-
-    from ttp_ray.training.user_stage import fit_user_stage
 
     torch.set_num_threads(args.threads)
     data = _data(args)
     ucfg, gcfg = _configs(args)
     head = _global_head(data, ucfg, gcfg)
-    rng = np.random.default_rng(1)
-    sample = rng.choice(args.users, size=min(args.naive_sample, args.users), replace=False)
+    sample = np.random.default_rng(1).choice(args.users, size=min(args.naive_sample, args.users), replace=False)
+    return data, ucfg, head, sample
+
+
+def _naive_phase(args: argparse.Namespace, out: mp.Queue) -> None:
+    import numpy as np
+
+    from ttp_ray.training.user_stage import fit_user_stage
+
+    data, ucfg, head, sample = _naive_setup(args)
     order = np.argsort(data.user_idx, kind="stable")
     starts = np.searchsorted(data.user_idx[order], np.arange(args.users + 1))
 
@@ -123,12 +131,7 @@ def _textbook_phase(args: argparse.Namespace, out: mp.Queue) -> None:
     from ttp_ray.reward.losses import gaussian_nll, head_loss
     from ttp_ray.training.user_stage import split_by_query
 
-    torch.set_num_threads(args.threads)
-    data = _data(args)
-    ucfg, gcfg = _configs(args)
-    head = _global_head(data, ucfg, gcfg)
-    rng = np.random.default_rng(1)
-    sample = rng.choice(args.users, size=min(args.naive_sample, args.users), replace=False)
+    data, ucfg, head, sample = _naive_setup(args)
 
     def fit_one(u: int) -> None:
         m = data.user_idx == u

@@ -14,12 +14,10 @@ import argparse
 import logging
 import sys
 
-from ttp_ray.errors import DataError, TTPValidationError
+from ttp_ray.entrypoint import run_job
 from ttp_ray.pipeline import run_pipeline
 from ttp_ray.pipeline_config import ALL_STAGES, load_pipeline_config
 from ttp_ray.ray_utils import init_ray
-
-log = logging.getLogger("ttp.pipeline")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -34,20 +32,14 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = make_parser().parse_args(argv)
-    try:
+
+    def body() -> None:
         cfg = load_pipeline_config(args.config, args.overrides)
         cfg.stages = [s.strip() for s in args.stages.split(",") if s.strip()]
         init_ray(args.address or cfg.ray.address, **cfg.ray.init_kwargs())
         run_pipeline(cfg)
-    except (TTPValidationError, DataError, FileNotFoundError) as e:
-        print(f"pipeline: error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:
-        log.exception("pipeline failed")
-        print(f"pipeline: failed: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-    return 0
 
+    return run_job("pipeline", body)
 
 if __name__ == "__main__":
     sys.exit(main())

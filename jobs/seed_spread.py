@@ -13,12 +13,10 @@ import argparse
 import logging
 import sys
 
-from ttp_ray.errors import DataError, TTPValidationError
+from ttp_ray.entrypoint import BAD_INPUT, run_job
 from ttp_ray.evaluation.seeds import run_seed_spread
 from ttp_ray.pipeline_config import load_pipeline_config
 from ttp_ray.ray_utils import init_ray
-
-log = logging.getLogger("ttp.seed_spread")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -33,19 +31,13 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = make_parser().parse_args(argv)
-    try:
+
+    def body() -> None:
         cfg = load_pipeline_config(args.config, args.overrides)
         init_ray(args.address or cfg.ray.address, **cfg.ray.init_kwargs())
         run_seed_spread(cfg, args.seeds)
-    except (TTPValidationError, DataError, FileNotFoundError, ValueError) as e:
-        print(f"seed_spread: error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:
-        log.exception("seed spread failed")
-        print(f"seed_spread: failed: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-    return 0
 
+    return run_job("seed_spread", body, (*BAD_INPUT, ValueError))
 
 if __name__ == "__main__":
     sys.exit(main())

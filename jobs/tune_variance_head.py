@@ -21,6 +21,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ttp_ray.entrypoint import BAD_INPUT, run_job
 from ttp_ray.errors import DataError, TTPValidationError
 
 log = logging.getLogger("ttp.tune")
@@ -44,7 +45,8 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = make_parser().parse_args(argv)
-    try:
+
+    def body() -> None:
         from ttp_ray.pipeline_config import PipelineDatasetConfig, load_pipeline_config
         from ttp_ray.ray_utils import init_ray
         from ttp_ray.tuning.benchmark import build_simulated_benchmark, features_dir
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = load_pipeline_config(args.config, args.overrides)
         if args.run_dir:
-            cfg.run_dir = Path(args.run_dir)
+            cfg.run_dir = Path(args.run_dir).absolute()  # as the config validator does
         name = args.dataset or cfg.datasets[0].name
         if args.synthetic or args.simulate:
             known = {d.name: d for d in cfg.datasets}
@@ -72,23 +74,12 @@ def main(argv: list[str] | None = None) -> int:
                    for b in ("frozen", "tuned")):  # fail before starting Ray
             raise DataError("no cached RM training features: run `ttp train` first, or pass --synthetic",
                             file=str(cache))
-        kw = {}
-        if cfg.ray.num_cpus:
-            kw["num_cpus"] = cfg.ray.num_cpus
-        if cfg.ray.object_store_memory_mb:
-            kw["object_store_memory"] = cfg.ray.object_store_memory_mb * 1024**2
-        init_ray(args.address or cfg.ray.address, **kw)
+        init_ray(args.address or cfg.ray.address, **cfg.ray.init_kwargs())
         res = run_tune(cfg.run_dir, name, cfg.tuning, training_cfg=cfg.training, eval_cfg=cfg.evaluation,
                        pipeline_cfg=cfg)
         print(json.dumps(res, indent=1, default=str))
-    except (TTPValidationError, DataError, FileNotFoundError, KeyError) as e:
-        print(f"tune_variance_head: error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:
-        log.exception("tuning failed")
-        print(f"tune_variance_head: failed: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-    return 0
+
+    return run_job("tune_variance_head", body, (*BAD_INPUT, KeyError))
 
 
 if __name__ == "__main__":

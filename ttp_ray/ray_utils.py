@@ -75,15 +75,18 @@ def init_ray(address: str | None = None, **kwargs: Any) -> None:
     ray.init(address=address, **kwargs)
 
 
-def train_worker_cpus(num_workers: int, *, want: float = 1.0, reserve: float = 1.0) -> float:
+def train_worker_cpus(num_workers: int, *, want: float = 1.0, reserve: float = 1.0,
+                      total_cpus: float | None = None) -> float:
     """CPUs to request per Ray Train worker so that `reserve` CPUs stay free for Ray Data's tasks.
 
     A Ray Dataset handed to a trainer still lists and reads its files in ordinary tasks (1 CPU each); on a
     2-CPU node two 1-CPU workers leave none, and the run waits forever (measured here: `make demo` hung in
     ListFiles). Where the cluster has room this is `want`; below it the workers share what is left.
+    `total_cpus` defaults to the connected cluster's CPUs.
     """
-    import ray
+    if total_cpus is None:
+        import ray
 
-    total = float(ray.cluster_resources().get("CPU", 0.0))
-    fit = (total - reserve) / max(num_workers, 1)
+        total_cpus = float(ray.cluster_resources().get("CPU", 0.0))
+    fit = (total_cpus - reserve) / max(num_workers, 1)
     return want if fit >= want else max(0.1, round(fit, 2))

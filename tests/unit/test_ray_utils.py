@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import ray
 
 from ttp_ray.ray_utils import train_worker_cpus
 
@@ -15,10 +14,17 @@ from ttp_ray.ray_utils import train_worker_cpus
     (1, 2, 0.1),    # never zero (Ray would then pack unlimited workers on a node)
     (3, 4, 0.5),
 ])
-def test_train_workers_leave_a_cpu_for_data_tasks(monkeypatch, cpus, workers, expected) -> None:
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": float(cpus)})
-    got = train_worker_cpus(workers)
+def test_train_workers_leave_a_cpu_for_data_tasks(cpus, workers, expected) -> None:
+    got = train_worker_cpus(workers, total_cpus=cpus)
     assert got == expected
     if cpus - workers * got >= 1 - 1e-9 or got == 0.1:
         return
     raise AssertionError(f"{workers} workers x {got} CPU leave no CPU free on {cpus}")
+
+
+def test_reads_the_connected_cluster(ray_session) -> None:
+    import ray
+
+    total = ray.cluster_resources()["CPU"]  # the real session cluster (6 logical CPUs)
+    assert train_worker_cpus(2) == train_worker_cpus(2, total_cpus=total) == 1.0
+    assert train_worker_cpus(int(total)) == train_worker_cpus(int(total), total_cpus=total) < 1.0

@@ -187,161 +187,144 @@ def fit_user_stage(
     n_rows = len(golden)
     width = (np.shape(features)[1] if np.ndim(features) == 2 else 1) + 2
     with torch_threads(min(n_rows, cfg.batch_size) * width * 2):
-        return _fit_user_stage(features, golden, user_idx, query_ids, global_head, cfg, report,
-                               n_users=n_users, eval_fn=eval_fn, progress=progress)
+        x = torch.tensor(np.asarray(features), dtype=torch.float32)
+        g = torch.tensor(np.asarray(golden), dtype=torch.float32)
+        u = torch.as_tensor(np.asarray(user_idx), dtype=torch.long)
+        if x.ndim != 2 or len(x) != len(g) or len(g) != len(u) or len(u) != len(query_ids):
+            raise TTPValidationError(
+                f"features (N, D), golden, user_idx and query_ids must have N rows; got {tuple(x.shape)}, {len(g)}, "
+                f"{len(u)}, {len(query_ids)}", parameter="features",
+            )
+        if len(u) and int(u.min()) < 0:
+            raise TTPValidationError("`user_idx` must be >= 0", parameter="user_idx", value=int(u.min()))
+        if not torch.isfinite(g).all():
+            raise TTPValidationError("`golden` has NaN/inf values", parameter="golden")
+        n_users = int(n_users if n_users is not None else (int(u.max()) + 1 if len(u) else 1))
+        if len(u) and int(u.max()) >= n_users:
+            raise TTPValidationError(f"`user_idx` has {int(u.max())} but the bank has n_users={n_users} rows",
+                                     parameter="n_users", value=n_users)
+        torch.manual_seed(cfg.seed)
+        val_mask = torch.tensor(split_by_query(u.numpy(), query_ids, cfg.val_fraction, cfg.seed))
+        train_rows = torch.nonzero(~val_mask).squeeze(1)
+        val_rows = torch.nonzero(val_mask).squeeze(1)
 
+        if global_head is None:
+            from ttp_ray.training.config import GlobalStageConfig
+            from ttp_ray.training.global_stage import fit_global_head
 
-def _fit_user_stage(
-    features: np.ndarray | torch.Tensor,
-    golden: np.ndarray | torch.Tensor,
-    user_idx: np.ndarray | torch.Tensor,
-    query_ids: Sequence[Any] | np.ndarray,
-    global_head: RewardHead | None,
-    cfg: UserStageConfig,
-    report: ReportFn | None,
-    *,
-    n_users: int | None,
-    eval_fn: Callable[[PersonalizedHead], dict[str, float]] | None,
-    progress: bool,
-) -> UserStageResult:
-    x = torch.tensor(np.asarray(features), dtype=torch.float32)
-    g = torch.tensor(np.asarray(golden), dtype=torch.float32)
-    u = torch.as_tensor(np.asarray(user_idx), dtype=torch.long)
-    if x.ndim != 2 or len(x) != len(g) or len(g) != len(u) or len(u) != len(query_ids):
-        raise TTPValidationError(
-            f"features (N, D), golden, user_idx and query_ids must have N rows; got {tuple(x.shape)}, {len(g)}, "
-            f"{len(u)}, {len(query_ids)}", parameter="features",
+            global_head = fit_global_head(
+                x, g, val_mask.numpy(), cfg.head_config(), GlobalStageConfig(beta_nll=cfg.beta_nll, num_workers=0)
+            ).head
+        _check_head(global_head, cfg)
+        global_head.eval()
+        model = PersonalizedHead(global_head, n_users, cfg.user_input)
+        prob = global_head.probabilistic
+
+        with torch.no_grad():  # the frozen head's parts, once per row
+            parts = [model.base(x[s : s + _CHUNK]) for s in range(0, len(x), _CHUNK)]
+            z = torch.cat([p[0] for p in parts]) if parts else torch.zeros(0, model.bank.in_dim)
+            raw0 = torch.cat([p[1] for p in parts]) if parts else torch.zeros(0, global_head.n_out)
+
+        n_train = torch.bincount(u[train_rows], minlength=n_users)
+        n_val = torch.bincount(u[val_rows], minlength=n_users)
+        # Per-sample share of each user's prior, and per-entry prior strengths (μ row vs variance row of W_u).
+        inv_n = 1.0 / n_train.clamp_min(1).float()
+        lam_var = cfg.prior_strength if cfg.prior_strength_var is None else cfg.prior_strength_var
+        lam = torch.full((model.bank.n_out, model.bank.row_width), cfg.prior_strength)
+        if prob:
+            lam[1] = lam_var
+        lam[:, : model.bank.in_dim] *= model.bank.v_scale**2  # the prior acts on the function V·z, not on V/√k
+        lam_flat = lam.reshape(-1)
+        weight = model.bank.weight
+        opt = LazyAdam(weight, lr=cfg.lr)
+
+        def val_losses() -> tuple[np.ndarray, dict[str, float]]:
+            with torch.no_grad():
+                out = model.from_base(z[val_rows], raw0[val_rows], u[val_rows])
+                gv = g[val_rows]
+                err = mse(out.mu, gv)
+                crit = gaussian_nll(out.mu, out.var, gv) if prob else err
+                per_user, _ = _per_user_loss(crit, u[val_rows], n_users)
+                metrics = {"val_mse": float(err.mean()) if len(err) else math.nan}
+                if prob:
+                    metrics["val_nll"] = float(crit.mean()) if len(crit) else math.nan
+                    metrics["val_sigma"] = float(out.var.sqrt().mean()) if len(crit) else math.nan
+            return per_user, metrics
+
+        has_val = n_val.numpy() > 0
+        best_val, m0 = val_losses()
+        best = weight.detach().clone()
+        best_epoch = np.zeros(n_users, dtype=np.int64)
+        bad = np.zeros(n_users, dtype=np.int64)
+        active = n_train.numpy() > 0
+        history: list[dict[str, float]] = []
+
+        def emit(epoch: int, metrics: dict[str, float]) -> None:
+            if eval_fn is not None:
+                metrics.update(eval_fn(model))
+            history.append({"epoch": epoch, **metrics})
+            log.debug("user stage epoch %d: %s", epoch, metrics)
+            if report is not None:
+                report(epoch, metrics)
+
+        emit(0, {**m0, "train_loss": math.nan, "active_users": int(active.sum())})
+        gen = torch.Generator().manual_seed(cfg.seed)
+        bar = tqdm(range(1, cfg.epochs + 1), desc="user stage", unit="epoch", disable=not progress)
+        for epoch in bar:
+            lr = 0.5 * cfg.lr * (1 + math.cos(math.pi * (epoch - 1) / cfg.epochs))  # cosine decay to ~0
+            opt.lr = lr
+            act = torch.as_tensor(active)
+            rows = train_rows[act[u[train_rows]]]
+            rows = rows[torch.randperm(len(rows), generator=gen)]
+            # one gather per epoch; batches are then contiguous views
+            ze, re, ge, ue = (t.index_select(0, rows) for t in (z, raw0, g, u))
+            total, seen = 0.0, 0
+            for s in range(0, len(rows), cfg.batch_size):
+                b = slice(s, s + cfg.batch_size)
+                ub = ue[b]
+                touched, inverse, counts = _group(ub, n_users)
+                # index_select, not [...]: its backward is an index_add (fast), not an accumulating index_put (slow)
+                rows_u = weight.index_select(0, touched)  # (T, W): one gather per user in the batch ...
+                out = model.from_rows(ze[b], re[b], rows_u.index_select(0, inverse))  # ... expanded to its samples
+                # each sample carries its user's share of the prior: Σ_u count_u / n_u · Σ_j λ_j W_uj²
+                prior = (counts * inv_n[touched] * (rows_u.pow(2) * lam_flat).sum(1)).sum()
+                loss = (head_loss(out.mu, out.var, ge[b], cfg.beta_nll).sum() + prior) / len(ub)
+                loss.backward()
+                opt.step(touched)  # only the rows of users in this batch move
+                if cfg.weight_decay > 0:
+                    with torch.no_grad():
+                        weight[touched] *= 1.0 - lr * cfg.weight_decay
+                total += loss.item() * len(ub)
+                seen += len(ub)
+            per_user, metrics = val_losses()
+            improved = has_val & active & (per_user < best_val)
+            no_val = ~has_val & active  # nothing to stop on: keep the latest parameters
+            keep = torch.as_tensor(improved | no_val)
+            with torch.no_grad():
+                best[keep] = weight[keep]
+            best_val = np.where(improved, per_user, best_val)
+            best_epoch[improved | no_val] = epoch
+            bad = np.where(improved, 0, bad + (has_val & active))
+            active &= ~(has_val & (bad >= cfg.patience))
+            emit(epoch, {**metrics, "train_loss": total / max(seen, 1), "active_users": int(active.sum())})
+            bar.set_postfix(loss=f"{total / max(seen, 1):.4g}", active=int(active.sum()))
+            if not active.any():
+                break
+        with torch.no_grad():
+            weight.copy_(best)
+        return UserStageResult(
+            model=model,
+            best_epoch=best_epoch,
+            val_loss=np.where(has_val, best_val, np.nan),
+            n_train=n_train.numpy(),
+            n_val=n_val.numpy(),
+            history=history,
         )
-    if len(u) and int(u.min()) < 0:
-        raise TTPValidationError("`user_idx` must be >= 0", parameter="user_idx", value=int(u.min()))
-    if not torch.isfinite(g).all():
-        raise TTPValidationError("`golden` has NaN/inf values", parameter="golden")
-    n_users = int(n_users if n_users is not None else (int(u.max()) + 1 if len(u) else 1))
-    if len(u) and int(u.max()) >= n_users:
-        raise TTPValidationError(f"`user_idx` has {int(u.max())} but the bank has n_users={n_users} rows",
-                                 parameter="n_users", value=n_users)
-    torch.manual_seed(cfg.seed)
-    val_mask = torch.tensor(split_by_query(u.numpy(), query_ids, cfg.val_fraction, cfg.seed))
-    train_rows = torch.nonzero(~val_mask).squeeze(1)
-    val_rows = torch.nonzero(val_mask).squeeze(1)
-
-    if global_head is None:
-        from ttp_ray.training.config import GlobalStageConfig
-        from ttp_ray.training.global_stage import fit_global_head
-
-        global_head = fit_global_head(
-            x, g, val_mask.numpy(), cfg.head_config(), GlobalStageConfig(beta_nll=cfg.beta_nll, num_workers=0)
-        ).head
-    _check_head(global_head, cfg)
-    global_head.eval()
-    model = PersonalizedHead(global_head, n_users, cfg.user_input)
-    prob = global_head.probabilistic
-
-    with torch.no_grad():  # the frozen head's parts, once per row
-        parts = [model.base(x[s : s + _CHUNK]) for s in range(0, len(x), _CHUNK)]
-        z = torch.cat([p[0] for p in parts]) if parts else torch.zeros(0, model.bank.in_dim)
-        raw0 = torch.cat([p[1] for p in parts]) if parts else torch.zeros(0, global_head.n_out)
-
-    n_train = torch.bincount(u[train_rows], minlength=n_users)
-    n_val = torch.bincount(u[val_rows], minlength=n_users)
-    # Per-sample share of each user's prior, and per-entry prior strengths (μ row vs variance row of W_u).
-    inv_n = 1.0 / n_train.clamp_min(1).float()
-    lam_var = cfg.prior_strength if cfg.prior_strength_var is None else cfg.prior_strength_var
-    lam = torch.full((model.bank.n_out, model.bank.row_width), cfg.prior_strength)
-    if prob:
-        lam[1] = lam_var
-    lam[:, : model.bank.in_dim] *= model.bank.v_scale**2  # the prior acts on the function V·z, not on V/√k
-    lam_flat = lam.reshape(-1)
-    weight = model.bank.weight
-    opt = LazyAdam(weight, lr=cfg.lr)
-
-    def val_losses() -> tuple[np.ndarray, dict[str, float]]:
-        with torch.no_grad():
-            out = model.from_base(z[val_rows], raw0[val_rows], u[val_rows])
-            gv = g[val_rows]
-            err = mse(out.mu, gv)
-            crit = gaussian_nll(out.mu, out.var, gv) if prob else err
-            per_user, _ = _per_user_loss(crit, u[val_rows], n_users)
-            metrics = {"val_mse": float(err.mean()) if len(err) else math.nan}
-            if prob:
-                metrics["val_nll"] = float(crit.mean()) if len(crit) else math.nan
-                metrics["val_sigma"] = float(out.var.sqrt().mean()) if len(crit) else math.nan
-        return per_user, metrics
-
-    has_val = n_val.numpy() > 0
-    best_val, m0 = val_losses()
-    best = weight.detach().clone()
-    best_epoch = np.zeros(n_users, dtype=np.int64)
-    bad = np.zeros(n_users, dtype=np.int64)
-    active = n_train.numpy() > 0
-    history: list[dict[str, float]] = []
-
-    def emit(epoch: int, metrics: dict[str, float]) -> None:
-        if eval_fn is not None:
-            metrics.update(eval_fn(model))
-        history.append({"epoch": epoch, **metrics})
-        log.debug("user stage epoch %d: %s", epoch, metrics)
-        if report is not None:
-            report(epoch, metrics)
-
-    emit(0, {**m0, "train_loss": math.nan, "active_users": int(active.sum())})
-    gen = torch.Generator().manual_seed(cfg.seed)
-    bar = tqdm(range(1, cfg.epochs + 1), desc="user stage", unit="epoch", disable=not progress)
-    for epoch in bar:
-        lr = 0.5 * cfg.lr * (1 + math.cos(math.pi * (epoch - 1) / cfg.epochs))  # cosine decay to ~0
-        opt.lr = lr
-        act = torch.as_tensor(active)
-        rows = train_rows[act[u[train_rows]]]
-        rows = rows[torch.randperm(len(rows), generator=gen)]
-        # one gather per epoch; batches are then contiguous views
-        ze, re, ge, ue = (t.index_select(0, rows) for t in (z, raw0, g, u))
-        total, seen = 0.0, 0
-        for s in range(0, len(rows), cfg.batch_size):
-            b = slice(s, s + cfg.batch_size)
-            ub = ue[b]
-            touched, inverse, counts = _group(ub, n_users)
-            # index_select, not [...]: its backward is an index_add (fast), not an accumulating index_put (slow)
-            rows_u = weight.index_select(0, touched)  # (T, W): one gather per user in the batch ...
-            out = model.from_rows(ze[b], re[b], rows_u.index_select(0, inverse))  # ... expanded to its samples
-            # each sample carries its user's share of the prior: Σ_u count_u / n_u · Σ_j λ_j W_uj²
-            prior = (counts * inv_n[touched] * (rows_u.pow(2) * lam_flat).sum(1)).sum()
-            loss = (head_loss(out.mu, out.var, ge[b], cfg.beta_nll).sum() + prior) / len(ub)
-            loss.backward()
-            opt.step(touched)  # only the rows of users in this batch move
-            if cfg.weight_decay > 0:
-                with torch.no_grad():
-                    weight[touched] *= 1.0 - lr * cfg.weight_decay
-            total += loss.item() * len(ub)
-            seen += len(ub)
-        per_user, metrics = val_losses()
-        improved = has_val & active & (per_user < best_val)
-        no_val = ~has_val & active  # nothing to stop on: keep the latest parameters
-        keep = torch.as_tensor(improved | no_val)
-        with torch.no_grad():
-            best[keep] = weight[keep]
-        best_val = np.where(improved, per_user, best_val)
-        best_epoch[improved | no_val] = epoch
-        bad = np.where(improved, 0, bad + (has_val & active))
-        active &= ~(has_val & (bad >= cfg.patience))
-        emit(epoch, {**metrics, "train_loss": total / max(seen, 1), "active_users": int(active.sum())})
-        bar.set_postfix(loss=f"{total / max(seen, 1):.4g}", active=int(active.sum()))
-        if not active.any():
-            break
-    with torch.no_grad():
-        weight.copy_(best)
-    return UserStageResult(
-        model=model,
-        best_epoch=best_epoch,
-        val_loss=np.where(has_val, best_val, np.nan),
-        n_train=n_train.numpy(),
-        n_val=n_val.numpy(),
-        history=history,
-    )
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Ray Train: users sharded across workers (each owns a disjoint slice of the bank; no all-reduce)
-# ---------------------------------------------------------------------------------------------------------------
+    # ---------------------------------------------------------------------------------------------------------------
+    # Ray Train: users sharded across workers (each owns a disjoint slice of the bank; no all-reduce)
+    # ---------------------------------------------------------------------------------------------------------------
 
 
 def _user_stage_loop(loop_cfg: dict[str, Any]) -> None:
