@@ -1,0 +1,76 @@
+"""Training-free selectors: what a user tries before training a reward model.
+
+* `mbr` — minimum-Bayes-risk / consensus: a candidate's mean golden-metric similarity (ROUGE-1 F1 by
+  default) to the *other* candidates it is selected among. Its score depends on the pool, so Best-of-N over
+  N-subsets must recompute it on each subset (`ttp_ray.evaluation.subset_bon`); exact order-statistic BoN
+  does not apply.
+* `logprob` — the policy's summed token log-probability of the candidate (favours short candidates).
+* `logprob-mean` — the same per generated token.
+
+Pure numpy; the serving runtime calls the same functions on the N candidates of a request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+
+from ttp_ray.scoring.rouge import rouge_f1
+
+__all__ = ["POOL_DEPENDENT", "TRAINING_FREE", "logprob_scores", "mbr_from_matrix", "mbr_scores", "pairwise_rouge"]
+
+Metric = Literal["rouge1", "rougeL"]
+
+TRAINING_FREE: tuple[str, ...] = ("mbr", "logprob", "logprob-mean")
+# Selectors whose score of a candidate depends on the other candidates of its (sub)pool.
+POOL_DEPENDENT: frozenset[str] = frozenset({"mbr"})
+
+
+def pairwise_rouge(texts: Sequence[str], metric: Metric = "rouge1") -> np.ndarray:
+    """(M, M) matrix of ROUGE F1 between every pair of `texts` (symmetric: F1 is symmetric in p and r).
+
+    The diagonal is set to 0; it is never used (a candidate is not its own evidence).
+    """
+    m = len(texts)
+    if m == 0:
+        return np.zeros((0, 0))
+    iu, ju = np.triu_indices(m, k=1)
+    r1, rl = rouge_f1([texts[i] for i in iu], [texts[j] for j in ju])
+    vals = r1 if metric == "rouge1" else rl
+    out = np.zeros((m, m))
+    out[iu, ju] = vals
+    out[ju, iu] = vals
+    return out
+
+
+def mbr_from_matrix(sim: np.ndarray, subset: np.ndarray | None = None) -> np.ndarray:
+    """MBR scores from a pairwise similarity matrix, restricted to `subset` (indices) when given.
+
+    Returns one score per member of the subset (in `subset` order): the mean similarity to the other
+    members. A pool of one candidate scores 0.
+    """
+    s = sim if subset is None else sim[np.ix_(subset, subset)]
+    n = s.shape[0]
+    if n <= 1:
+        return np.zeros(n)
+    return (s.sum(axis=1) - np.diag(s)) / (n - 1)
+
+
+def mbr_scores(texts: Sequence[str], metric: Metric = "rouge1") -> np.ndarray:
+    """Consensus score of each candidate against the others of the same pool.
+
+    Example:
+        >>> mbr_scores(["fix the bug", "fix bug", "add docs"]).round(3).tolist()
+        [0.4, 0.4, 0.0]
+    """
+    return mbr_from_matrix(pairwise_rouge(texts, metric))
+
+
+def logprob_scores(logprob: np.ndarray, num_tokens: np.ndarray, *, per_token: bool) -> np.ndarray:
+    """The policy's log-prob of each candidate, summed or per token; a missing log-prob (NaN) ranks last."""
+    lp = np.asarray(logprob, dtype=np.float64)
+    if per_token:
+        lp = lp / np.maximum(np.asarray(num_tokens, dtype=np.float64), 1.0)
+    return np.where(np.isfinite(lp), lp, -np.inf)
