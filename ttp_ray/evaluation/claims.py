@@ -60,6 +60,13 @@ def check_claims(report: Mapping[str, Any]) -> list[dict[str, Any]]:
             add(f"User-Prob best RM at N={n_max}", last > others[best_other],
                 f"user-prob {last:.4f} vs best other {best_other} {others[best_other]:.4f} "
                 f"({last - others[best_other]:+.4f})")
+        free = {m: _at(report, m, -1) for m, e in report["methods"].items() if e.get("kind") == "training-free"}
+        if free:
+            best_free = max(free, key=free.get)
+            se = report["methods"][best_free].get("se", {}).get(report["golden"])
+            add(f"User-Prob beats the best training-free selector at N={n_max}", last > free[best_free],
+                f"user-prob {last:.4f} vs {best_free} {free[best_free]:.4f} ({last - free[best_free]:+.4f}"
+                + (f"; {best_free} s.e. {se[-1]:.4f})" if se else ")"))
     return out
 
 

@@ -77,7 +77,11 @@ class EvaluationConfig(StageConfig):
     )
     montecarlo: bool = Field(True, description="Also run the paper's Monte-Carlo protocol (for comparison).")
     mc_repeats: int = Field(3, ge=1, description="Repeats of the paper's Monte-Carlo protocol per (query, N).")
-    seed: int = Field(0, description="Seed of the Monte-Carlo protocol.")
+    seed: int = Field(0, description="Seed of the Monte-Carlo protocol and of MBR's subset draws.")
+    mbr_subsets: int = Field(
+        200, ge=0, description="N-subsets drawn per pool and N to evaluate MBR (its scores depend on the subset; "
+        "0 = leave MBR out).")
+    mbr_metric: Literal["rouge1", "rougeL"] = Field("rouge1", description="Similarity MBR's consensus uses.")
     plots: bool = Field(True, description="Write PNG plots next to the report.")
     scatter_methods: tuple[str, str] = Field(
         ("user-det", "user-prob"),

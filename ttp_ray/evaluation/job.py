@@ -24,9 +24,11 @@ from ttp_ray.evaluation.config import EvaluationConfig
 from ttp_ray.evaluation.report import (
     EvalStats,
     compute_stats,
+    finish_training_free,
     pools_from_tables,
     render_table,
     report_from_pools,
+    with_training_free,
     write_report,
 )
 
@@ -152,11 +154,13 @@ def run_evaluate(
     scores = read_parquet(scores_path, "scores")
     pools, info = pools_from_tables(candidates, scores, required_golden=cfg.golden,
                                     candidates_file=str(candidates_path), scores_file=str(scores_path))
+    pools, cols = with_training_free(pools, info)
     ray_path = use_ray_path(pools.n_candidates, cfg, use_ray)
     log.info("evaluating %s: %d candidates, %d queries, %d users, methods %s (%s)", dataset, pools.n_candidates,
              pools.n_queries, pools.n_users, pools.methods, "Ray Data" if ray_path else "in-process")
     stats = compute_stats_ray(pools, cfg) if ray_path else None
-    report = report_from_pools(pools, cfg, dataset=dataset, data_info=info, stats=stats)
+    report = finish_training_free(report_from_pools(pools, cfg, dataset=dataset, data_info=info, stats=stats),
+                                  pools, cols, cfg)
     report["data"]["engine"] = "ray" if ray_path else "in-process"
     dump_resolved(cfg, out_dir)
     written = write_report(report, out_dir)

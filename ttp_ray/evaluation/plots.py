@@ -44,7 +44,7 @@ def plot_bon_curves(report: dict, plot_data: dict | None, path: Path) -> Path:
     colors = method_colors(list(report["methods"]))
     fig, ax = plt.subplots(figsize=(7.5, 5.0))
     for m, e in report["methods"].items():
-        if plot_data is not None:  # smooth exact curves on every N
+        if plot_data is not None and m in plot_data["curves"]:  # smooth exact curves on every N
             c = plot_data["curves"][m]
             x = plot_data["grid"][: int(ns[-1])]
             obs = c["observed"][: x.size]

@@ -8,6 +8,7 @@ The JSON layout is documented in docs/theory.md §7.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -30,6 +31,8 @@ from ttp_ray.evaluation.diagnostics import (
     query_correlation,
     user_correlation,
 )
+from ttp_ray.evaluation.subset_bon import mbr_subset_bon
+from ttp_ray.scoring.selectors import logprob_scores
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +140,9 @@ def pools_from_tables(
         score_arrays, fallback, ignored = _align_scores(
             scores, users, qids, keys, keep_q, new_q, qk, c_sorted, scores_file)
         info["ignored_score_rows"] = ignored
+    # per-candidate columns the training-free selectors read, in pool order
+    info["_candidate_columns"] = {c: candidates[c].to_numpy(zero_copy_only=False)[order]
+                                  for c in ("text", "logprob", "num_tokens") if c in candidates.column_names}
     pools = bon.Pools(
         users=users[used_users],
         user_codes=user_codes.astype(np.int64),
@@ -379,7 +385,61 @@ def build_report(candidates: pa.Table, scores: pa.Table, cfg: EvaluationConfig, 
         >>> print(render_table(report))
     """
     pools, info = pools_from_tables(candidates, scores, required_golden=cfg.golden)
-    return report_from_pools(pools, cfg, dataset=dataset, data_info=info)
+    pools, cols = with_training_free(pools, info)
+    report = report_from_pools(pools, cfg, dataset=dataset, data_info=info)
+    return finish_training_free(report, pools, cols, cfg)
+
+
+def with_training_free(pools: bon.Pools, info: dict[str, Any]) -> tuple[bon.Pools, dict[str, np.ndarray]]:
+    """Add the per-candidate training-free selectors to `pools.scores`; return the candidate columns too."""
+    cols = info.pop("_candidate_columns", {})
+    free = training_free_scores(cols)
+    if free:
+        pools = dataclasses.replace(pools, scores={**pools.scores, **free})
+    return pools, cols
+
+
+def finish_training_free(report: dict, pools: bon.Pools, cols: dict[str, np.ndarray],
+                         cfg: EvaluationConfig) -> dict:
+    """Mark the log-prob selectors as training-free (exact BoN) and add MBR (Monte Carlo over subsets)."""
+    for m in ("logprob", "logprob-mean"):
+        if m in report["methods"]:
+            report["methods"][m].update(kind="training-free", evaluated="exact")
+    if "text" in cols and cfg.mbr_subsets > 0:
+        report["methods"]["mbr"] = _mbr_entry(report, pools, cols["text"], cfg)
+    return report
+
+
+def training_free_scores(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-candidate training-free selectors (exact BoN applies): the policy's log-prob, summed and per token.
+
+    Left out when any candidate lacks a log-prob (the simulated policy has none).
+    """
+    if "logprob" not in cols or "num_tokens" not in cols:
+        return {}
+    lp = np.asarray(cols["logprob"], dtype=np.float64)
+    if lp.size == 0 or not np.isfinite(lp).all():
+        return {}
+    nt = np.asarray(cols["num_tokens"], dtype=np.float64)
+    return {"logprob": logprob_scores(lp, nt, per_token=False),
+            "logprob-mean": logprob_scores(lp, nt, per_token=True)}
+
+
+def _mbr_entry(report: dict, pools: bon.Pools, texts: np.ndarray, cfg: EvaluationConfig) -> dict[str, Any]:
+    """MBR by Monte Carlo over N-subsets (its scores depend on the subset), with standard errors."""
+    ns = report["ns"]
+    g0 = cfg.golden
+    weights = bon.query_weights(pools.user_codes, cfg.aggregate)
+    entry: dict[str, Any] = {"kind": "training-free", "evaluated": f"montecarlo ({cfg.mbr_subsets} subsets)",
+                             "bon": {}, "se": {}}
+    for g, gold in pools.golden.items():
+        mc = mbr_subset_bon(list(texts), gold, pools.offsets, ns, metric=cfg.mbr_metric,
+                            n_subsets=cfg.mbr_subsets, seed=cfg.seed)
+        entry["bon"][g], entry["se"][g] = mc.aggregate(weights)
+    u1 = report["methods"]["random"]["bon"][g0][0]
+    scale = report["methods"]["oracle"]["bon"][g0][-1] - u1
+    entry["oracle_gain_captured"] = float((entry["bon"][g0][-1] - u1) / scale) if scale > 0 else None
+    return _clean(entry)
 
 
 def report_from_pools(
@@ -641,8 +701,9 @@ def merge_reports(reports: list[dict]) -> dict:
                    "at_n_max": e["bon"][g][-1]}
             if e["kind"] == "rm":
                 row.update(alpha=e["diagnostics"]["alpha"], beta=e["diagnostics"]["beta"],
-                           law_r2=e["law"]["paper"]["r2"], per_query_law_r2=e["law"]["per_query"]["r2"],
-                           oracle_gain_captured=e["oracle_gain_captured"])
+                           law_r2=e["law"]["paper"]["r2"], per_query_law_r2=e["law"]["per_query"]["r2"])
+            if "oracle_gain_captured" in e:
+                row["oracle_gain_captured"] = e["oracle_gain_captured"]
             summary.setdefault(m, {})[name] = row
     return {"schema_version": REPORT_SCHEMA_VERSION, "kind": "ttp-evaluation-merged", "datasets": datasets,
             "summary": summary}
@@ -659,6 +720,12 @@ def render_markdown(report: dict, plots: dict[str, str] | None = None) -> str:
           "| method | " + " | ".join(f"N={n}" for n in ns) + " |", "|---|" + "---|" * len(ns)]
     for m, e in report["methods"].items():
         md.append(f"| {m} | " + " | ".join(_fmt(v) for v in e["bon"][g0]) + " |")
+    md += ["", "How each method was evaluated: oracle, random, the reward models and the log-prob selectors by the "
+           "exact expectation over all N-subsets (one fixed score per candidate); "
+           + ("MBR, whose score of a candidate depends on the other candidates, by Monte Carlo over "
+              f"{report['methods']['mbr']['evaluated'].split('(')[1].rstrip(')')} per pool and N (fixed seed; "
+              "standard error at N=max "
+              f"{_fmt(report['methods']['mbr']['se'][g0][-1])})." if "mbr" in report["methods"] else "no MBR (no texts).")]
     rms = {m: e for m, e in report["methods"].items() if e["kind"] == "rm"}
     if rms:
         md += ["", "## Diagnostics and the scaling law", "",

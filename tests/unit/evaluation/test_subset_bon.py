@@ -1,0 +1,85 @@
+"""MBR's Monte-Carlo subset BoN against brute force over every subset, and the report's training-free methods."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from ttp_ray.evaluation.config import EvaluationConfig
+from ttp_ray.evaluation.report import build_report, merge_reports
+from ttp_ray.evaluation.subset_bon import mbr_subset_bon
+from ttp_ray.scoring.selectors import logprob_scores, mbr_from_matrix, mbr_scores, pairwise_rouge
+
+TEXTS = ["fix the flaky test", "fix flaky test in ci", "add docs for fixtures", "fix test", "bump version",
+         "docs: add fixture docs"]
+GOLD = np.array([0.5, 0.4, 0.1, 0.3, 0.0, 0.2])
+
+
+def _brute_force(texts: list[str], gold: np.ndarray, n: int) -> float:
+    """Exact expected golden of MBR's pick over all N-subsets (ties split evenly)."""
+    sim = pairwise_rouge(texts)
+    vals = []
+    for sub in itertools.combinations(range(len(texts)), n):
+        s = mbr_from_matrix(sim, np.array(sub))
+        best = np.flatnonzero(s == s.max())
+        vals.append(gold[np.array(sub)[best]].mean())
+    return float(np.mean(vals))
+
+
+def test_mbr_scores_mean_similarity_to_others() -> None:
+    s = mbr_scores(["a b", "a b", "c"])
+    assert s.tolist() == pytest.approx([0.5, 0.5, 0.0])
+    assert mbr_scores(["only one"]).tolist() == [0.0]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 6])
+def test_mbr_montecarlo_matches_brute_force(n: int) -> None:
+    offsets = np.array([0, len(TEXTS)])
+    mc = mbr_subset_bon(TEXTS, GOLD, offsets, [n], n_subsets=4000, seed=1)
+    mean, se = mc.aggregate(np.array([1.0]))
+    exact = _brute_force(TEXTS, GOLD, n)
+    assert abs(mean[0] - exact) <= 4 * se[0] + 1e-12
+    if n == len(TEXTS):  # one subset: no Monte-Carlo noise at all
+        assert se[0] == 0.0 and mean[0] == pytest.approx(exact)
+
+
+def test_mbr_montecarlo_is_seeded() -> None:
+    offsets = np.array([0, 3, 6])
+    a = mbr_subset_bon(TEXTS, GOLD, offsets, [2], n_subsets=50, seed=3)
+    b = mbr_subset_bon(TEXTS, GOLD, offsets, [2], n_subsets=50, seed=3)
+    assert np.array_equal(a.mean, b.mean)
+
+
+def test_logprob_scores_sum_and_per_token() -> None:
+    lp, nt = np.array([-2.0, -6.0, np.nan]), np.array([2, 12, 3])
+    assert logprob_scores(lp, nt, per_token=False).tolist() == [-2.0, -6.0, -np.inf]
+    assert logprob_scores(lp, nt, per_token=True).tolist() == [-1.0, -0.5, -np.inf]
+
+
+def test_report_has_training_free_methods_and_claim() -> None:
+    n = len(TEXTS)
+    cands = pa.table({"user_id": ["u"] * n * 2, "query_id": ["q1"] * n + ["q2"] * n,
+                      "cand_idx": list(range(n)) * 2, "mode": ["eval"] * n * 2, "text": TEXTS * 2,
+                      "num_tokens": [len(t.split()) for t in TEXTS] * 2,
+                      "logprob": [-1.0 * (i + 1) for i in range(n)] * 2,
+                      "rouge1": list(GOLD) + list(GOLD[::-1]), "rougeL": list(GOLD) + list(GOLD[::-1])})
+    scores = pa.table({"user_id": ["u"] * n * 2, "query_id": ["q1"] * n + ["q2"] * n,
+                       "cand_idx": list(range(n)) * 2, "method": ["user-prob"] * n * 2,
+                       "mu": list(GOLD) + list(GOLD[::-1]), "sigma": [0.1] * n * 2, "fallback": [False] * n * 2})
+    cfg = EvaluationConfig(ns=[1, 2, 4], mbr_subsets=100, allocation={"enabled": False}, plots=False)
+    report = build_report(cands, scores, cfg, dataset="toy")
+    m = report["methods"]
+    assert m["mbr"]["kind"] == "training-free" and "montecarlo" in m["mbr"]["evaluated"]
+    assert m["logprob"]["evaluated"] == "exact"
+    # log-prob sum prefers candidate 0: golden 0.5 on q1 and 0.2 on q2 once N covers it
+    assert m["logprob"]["bon"]["rouge1"][0] == pytest.approx(GOLD.mean())
+    assert len(m["mbr"]["se"]["rouge1"]) == 3
+    merged = merge_reports([report])
+    assert "oracle_gain_captured" in merged["summary"]["mbr"]["toy"]
+    from ttp_ray.evaluation.claims import check_claims
+
+    claim = [c for c in check_claims(report) if "training-free" in c["claim"]]
+    assert len(claim) == 1 and claim[0]["passed"] is True  # user-prob's μ is the golden score itself
