@@ -39,7 +39,7 @@ from ttp_ray.training.features_job import (
     run_features_job,
 )
 from ttp_ray.training.global_stage import FaultInjection, fit_global_head, run_global_stage
-from ttp_ray.training.user_stage import fit_user_stage, run_user_stage, split_by_query
+from ttp_ray.training.user_stage import fit_user_stage, run_user_stage, sort_rows, split_by_query
 
 __all__ = ["run_train", "train_reward_models_local"]
 
@@ -290,7 +290,8 @@ def _train_variants(cfg: TrainingConfig, todo: list[str], cand_dir: Path, profil
             models = run_user_stage(feat_dir, user_index, jobs, golden=cfg.golden,
                                     num_workers=cfg.user_stage_workers, storage_path=storage, name="user-stage")
     else:
-        t = read_feature_table(feat_dir, columns=["user_id", "query_id", cfg.golden, "features"])
+        t = sort_rows(read_feature_table(feat_dir, columns=["user_id", "query_id", "cand_idx", cfg.golden,
+                                                            "features"]))
         x, g = features_matrix(t), t[cfg.golden].to_numpy(zero_copy_only=False)
         uu = np.array([row[v] for v in t["user_id"].to_pylist()], dtype=np.int64)
         qq = t["query_id"].to_numpy(zero_copy_only=False)

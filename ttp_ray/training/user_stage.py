@@ -16,6 +16,7 @@ its data term up by 1/σ²_u (Lemma 5.1, "gradient buffering").
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -42,6 +43,7 @@ __all__ = [
     "UserStageResult",
     "fit_user_stage",
     "run_user_stage",
+    "sort_rows",
     "split_by_query",
     "synthetic_bank_data",
 ]
@@ -58,22 +60,37 @@ def split_by_query(
     """Boolean validation mask: a `val_fraction` share of each user's queries (all their candidates).
 
     A user with >= 2 queries keeps >= 1 query on each side; a user with one query has no validation rows.
+    Which queries are held out depends only on (seed, query id), never on row order or on how users are
+    numbered, so the global stage, every per-user worker slice and a rerun all draw the same split.
     """
     n = len(user_idx)
     if val_fraction <= 0 or n == 0:
         return np.zeros(n, dtype=bool)
-    df = pd.DataFrame({"u": np.asarray(user_idx), "q": pd.factorize(np.asarray(query_ids, dtype=object))[0]})
+    qs = np.asarray(query_ids, dtype=object).astype(str)
+    df = pd.DataFrame({"u": np.asarray(user_idx), "q": qs})
     pairs = df.drop_duplicates().reset_index(drop=True)
-    rng = np.random.default_rng(seed)
-    pairs["r"] = rng.random(len(pairs))
+    pairs["r"] = [_split_draw(seed, q) for q in pairs["q"]]
     pairs["rank"] = pairs.groupby("u")["r"].rank(method="first") - 1
     nq = pairs.groupby("u")["q"].transform("size")
     n_val = np.clip(np.round(val_fraction * nq), 1, None)
     n_val = np.where(nq >= 2, np.minimum(n_val, nq - 1), 0)
     val_pairs = pairs.loc[pairs["rank"] < n_val, ["u", "q"]]
-    key = df["u"].astype(np.int64) * (df["q"].max() + 1) + df["q"]
-    val_key = val_pairs["u"].astype(np.int64) * (df["q"].max() + 1) + val_pairs["q"]
-    return key.isin(set(val_key.tolist())).to_numpy()
+    val = set(zip(val_pairs["u"].tolist(), val_pairs["q"].tolist(), strict=True))
+    return np.fromiter(((a, b) in val for a, b in zip(df["u"].tolist(), qs.tolist(), strict=True)),
+                       dtype=bool, count=n)
+
+
+def _split_draw(seed: int, query_id: str) -> float:
+    """A uniform [0, 1) number fixed by (seed, query id): the order-free draw of `split_by_query`."""
+    h = hashlib.blake2b(f"{seed}\x1f{query_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") / 2.0**64
+
+
+def sort_rows(table: pa.Table) -> pa.Table:
+    """Rows in (user, query, candidate) order: Ray Data writes the feature cache in task-completion order,
+    and the bank fit (and its float sums) must see the same rows in the same order on every run."""
+    keys = [k for k in ("user_id", "query_id", "cand_idx") if k in table.column_names]
+    return table.sort_by([(k, "ascending") for k in keys])
 
 
 @dataclass
@@ -342,9 +359,9 @@ def _user_stage_loop(loop_cfg: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), max(ctx.get_world_size(), 1)
     users: list[str] = loop_cfg["user_index"]
     mine = users[rank::world]  # disjoint slices; interleaved so slices get similar amounts of data
-    table = read_feature_table(loop_cfg["features_dir"], columns=["user_id", "query_id", loop_cfg["golden"],
-                                                                  "features"])
-    table = table.filter(pc.is_in(table["user_id"], pa.array(mine, pa.string())))
+    table = read_feature_table(loop_cfg["features_dir"], columns=["user_id", "query_id", "cand_idx",
+                                                                  loop_cfg["golden"], "features"])
+    table = sort_rows(table.filter(pc.is_in(table["user_id"], pa.array(mine, pa.string()))))
     local = {u: i for i, u in enumerate(mine)}
     x = features_matrix(table)
     g = table[loop_cfg["golden"]].to_numpy(zero_copy_only=False)

@@ -78,3 +78,15 @@ def test_head_mismatch_and_bad_inputs_are_named() -> None:
         fit_user_stage(data.features[:-1], data.golden, data.user_idx, data.query_ids, head, cfg)
     with pytest.raises(TTPValidationError, match="user_idx"):
         fit_user_stage(data.features, data.golden, -data.user_idx - 1, data.query_ids, head, cfg)
+
+
+def test_split_by_query_ignores_row_order_and_user_numbering() -> None:
+    """The global stage and each per-user worker slice must hold out the same queries (issue 13, 4c)."""
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(6), 10)
+    queries = np.array([f"q{u}-{i // 2}" for u, i in zip(users, np.tile(np.arange(10), 6), strict=True)])
+    val = split_by_query(users, queries, 0.4, seed=5)
+    perm = rng.permutation(len(users))
+    renumbered = 100 - users  # another numbering of the same users (a worker's local index)
+    assert np.array_equal(split_by_query(renumbered[perm], queries[perm], 0.4, seed=5), val[perm])
+    assert not np.array_equal(split_by_query(users, queries, 0.4, seed=6), val)  # the seed still matters
