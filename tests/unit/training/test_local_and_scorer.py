@@ -100,3 +100,19 @@ def test_score_table_matches_the_scores_schema(trained) -> None:
     for v in VARIANTS:
         mu = out.filter(pc.equal(out["method"], v))["mu"].to_numpy()
         assert np.corrcoef(mu, gold)[0, 1] > 0.3, v
+
+
+def test_same_config_and_seed_train_identical_scores(trained, tmp_path) -> None:
+    """Issue 13: the same config and seeds give identical SCORES (here: a second training run from scratch)."""
+    rm_dir, _, evalp = trained
+    ds = load_dataset(DatasetConfig(synthetic=SyntheticConfig(n_users=6, profile_size=12, queries_per_user=2)),
+                      tmp_path / "data")
+    train = simulate_pools(ds, mode="rm_train", n_candidates=6)
+    cfg = TrainingConfig.model_validate({"features": {"blocks": list(STATIC_BLOCKS)},
+                                         "global_stage": {"epochs": 30}, "user_stage": {"epochs": 100}})
+    train_reward_models_local(train, ds.profile, tmp_path / "rm", cfg)
+    a = score_table(load_scorers(rm_dir, VARIANTS), evalp)
+    b = score_table(load_scorers(tmp_path / "rm", VARIANTS), evalp)
+    assert a["method"].to_pylist() == b["method"].to_pylist()
+    assert np.array_equal(a["mu"].to_numpy(), b["mu"].to_numpy())
+    assert a["sigma"].to_pylist() == b["sigma"].to_pylist()
