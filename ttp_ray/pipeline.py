@@ -17,6 +17,7 @@ from ttp_ray.pipeline_config import PipelineConfig, PipelineDatasetConfig
 log = logging.getLogger(__name__)
 
 MODES = ("rm_train", "eval")
+_MARK = {True: "ok ", False: "NO ", None: "n/m"}  # n/m: not measurable on this data
 
 
 def _say(msg: str) -> None:
@@ -126,7 +127,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     for name, claims in merged["claims"].items():
         held = sum(bool(c["passed"]) for c in claims)
         print(f"claims on {name}: {held}/{len(claims)} hold"
-              + "".join(f"\n  {'ok ' if c['passed'] else 'NO '} {c['claim']}: {c['detail']}" for c in claims),
+              + "".join(f"\n  {_MARK[c['passed']]} {c['claim']}: {c['detail']}" for c in claims),
               flush=True)
     _say(f"report: {cfg.run_dir / 'report.md'}")
     return merged

@@ -22,6 +22,18 @@ def _diag(report: Mapping[str, Any], method: str, key: str) -> float | None:
     return None if e is None or e.get("kind") != "rm" else e["diagnostics"].get(key)
 
 
+def _not_measurable(report: Mapping[str, Any], key: str) -> str | None:
+    """Why α or β cannot be told apart between two RMs on this data, or None when it can.
+
+    With one query per user (LaMP's user split) ρ_u = ρ_q, so every hacked query belongs to a collapsed user
+    and β, which counts hacked queries of non-collapsed users, is 0 by construction for every RM.
+    """
+    d = report.get("data", {})
+    if key == "beta" and d.get("queries") is not None and d.get("queries") == d.get("users"):
+        return "every user has exactly one query, so rho_u = rho_q and beta is 0 by construction"
+    return None
+
+
 def check_claims(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     """[{claim, passed (True/False/None = not checkable), detail}] for one dataset's evaluation report."""
     out: list[dict[str, Any]] = []
@@ -47,9 +59,13 @@ def check_claims(report: Mapping[str, Any]) -> list[dict[str, Any]]:
         pairs = [(d, p) for d, p in (("user-det", "user-prob"), ("global-det", "global-prob")) if d in rms and p in rms]
         if pairs:
             vals = {m: _diag(report, m, key) for pair in pairs for m in pair}
+            claim = f"Prob mitigates {kind} ({key}: Prob <= Det)"
+            why = _not_measurable(report, key)
+            if why:
+                add(claim, None, f"not measurable: {why}")
+                continue
             ok = all(vals[p] <= vals[d] for d, p in pairs)
-            add(f"Prob mitigates {kind} ({key}: Prob <= Det)", ok,
-                ", ".join(f"{d} {vals[d]:.3f} vs {p} {vals[p]:.3f}" for d, p in pairs))
+            add(claim, ok, ", ".join(f"{d} {vals[d]:.3f} vs {p} {vals[p]:.3f}" for d, p in pairs))
     if "user-prob" in rms:
         first, last = _at(report, "user-prob", 0), _at(report, "user-prob", -1)
         n_max = report["ns"][-1]
@@ -75,6 +91,6 @@ def render_claims(claims_by_dataset: Mapping[str, list[Mapping[str, Any]]]) -> l
     md = ["## The method's claims on this run", "", "| dataset | claim | holds | measured |", "|---|---|---|---|"]
     for ds, claims in claims_by_dataset.items():
         for c in claims:
-            mark = {True: "yes", False: "**no**", None: "n/a"}[c["passed"]]
+            mark = {True: "yes", False: "**no**", None: "not measurable"}[c["passed"]]
             md.append(f"| {ds} | {c['claim']} | {mark} | {c['detail']} |")
     return md

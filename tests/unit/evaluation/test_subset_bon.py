@@ -83,3 +83,20 @@ def test_report_has_training_free_methods_and_claim() -> None:
 
     claim = [c for c in check_claims(report) if "training-free" in c["claim"]]
     assert len(claim) == 1 and claim[0]["passed"] is True  # user-prob's μ is the golden score itself
+
+
+def test_beta_claim_not_measurable_when_every_user_has_one_query() -> None:
+    from ttp_ray.evaluation.claims import check_claims
+
+    def rm(alpha: float, beta: float) -> dict:
+        return {"kind": "rm", "bon": {"rouge1": [0.1, 0.2]}, "diagnostics": {"alpha": alpha, "beta": beta},
+                "law": {"paper": {"r2": 0.95}}}
+
+    report = {"golden": "rouge1", "ns": [1, 4], "theory": {}, "data": {"users": 5, "queries": 5},
+              "methods": {m: rm(0.2, 0.0) for m in ("global-det", "global-prob", "user-det", "user-prob")}}
+    by_claim = {c["claim"]: c for c in check_claims(report)}
+    hack = by_claim["Prob mitigates hacking (beta: Prob <= Det)"]
+    assert hack["passed"] is None and hack["detail"].startswith("not measurable")
+    assert by_claim["Prob mitigates collapse (alpha: Prob <= Det)"]["passed"] is True
+    report["data"]["queries"] = 10  # two queries per user: measurable again
+    assert {c["claim"]: c for c in check_claims(report)}["Prob mitigates hacking (beta: Prob <= Det)"]["passed"]
