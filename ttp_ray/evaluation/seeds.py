@@ -90,7 +90,9 @@ def run_seed_spread(cfg: Any, seeds: Sequence[int]) -> dict[str, Any]:
     reports = {}
     for s in seeds:
         sub = link_shared(cfg.run_dir, s)
-        training = cfg.training.model_copy(update={"seed": int(s)})
+        # every seed the RMs use: splits/initialisation/batch order of both stages
+        training = cfg.training.model_copy(update={
+            "seed": int(s), "user_stage": cfg.training.user_stage.model_copy(update={"seed": int(s)})})
         reports[s] = run_pipeline(cfg.model_copy(update={"run_dir": sub, "stages": ["train", "evaluate"],
                                                          "training": training}))
     summary = summarize_seeds(reports)
