@@ -26,7 +26,7 @@ def read_json(path: str | Path) -> Any:
     if not path.is_file():
         raise DataError("file not found", file=str(path))
     try:
-        with path.open(encoding="utf-8") as f:
+        with path.open(encoding="utf-8-sig") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise DataError(f"invalid JSON at line {e.lineno}, column {e.colno} (char {e.pos}): {e.msg}", file=str(path)) from None
@@ -42,12 +42,27 @@ def iter_records(path: str | Path) -> Iterator[tuple[str, Any]]:
     """
     path = Path(path)
     suffix = path.suffix.lower()
+    if not path.is_file():
+        raise DataError("file not found", file=str(path))
     if suffix == ".parquet":
-        for i, row in enumerate(pq.read_table(path).to_pylist()):
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(f"unreadable Parquet: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+                            file=str(path)) from None
+        for i, row in enumerate(rows):
             yield f"#{i}", row
     elif suffix == ".jsonl":
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, start=1):
+        with path.open("rb") as f:
+            for n, raw in enumerate(f, start=1):
+                if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                    raw = raw[3:]
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    yield f"line {n}", DataError(f"not UTF-8 at line {n}, byte {e.start}: {e.reason}",
+                                                 file=str(path), record_id=f"line {n}")
+                    continue
                 if not line.strip():
                     continue
                 try:
