@@ -53,7 +53,9 @@ def test_tiny_pipeline_report_fields_and_ranges(ray_session, tmp_path: Path, mon
                 assert abs(curve[0] - rand[0]) <= 4 * e["se"][g][0] + 1e-9, (name, m)
             else:
                 assert math.isclose(curve[0], rand[0], abs_tol=1e-9), (name, m)
-            assert all(v <= o + 1e-9 for v, o in zip(curve, oracle, strict=True)), (name, m)
+            # MBR is a Monte Carlo estimate: it may sit above the exact oracle by its noise (at N=1 both are the mean)
+            tol = [4 * x for x in e["se"][g]] if m == "mbr" else [0.0] * len(ns)
+            assert all(v <= o + t + 1e-9 for v, o, t in zip(curve, oracle, tol, strict=True)), (name, m)
         assert all(b >= a - 1e-12 for a, b in zip(oracle, oracle[1:], strict=False))
         for m in METHODS - {"oracle", "random"}:
             d = rep["methods"][m]["diagnostics"]
