@@ -431,11 +431,11 @@ def _mbr_entry(report: dict, pools: bon.Pools, texts: np.ndarray, cfg: Evaluatio
     g0 = cfg.golden
     weights = bon.query_weights(pools.user_codes, cfg.aggregate)
     entry: dict[str, Any] = {"kind": "training-free", "evaluated": f"montecarlo ({cfg.mbr_subsets} subsets)",
-                             "bon": {}, "se": {}}
-    for g, gold in pools.golden.items():
-        mc = mbr_subset_bon(list(texts), gold, pools.offsets, ns, metric=cfg.mbr_metric,
-                            n_subsets=cfg.mbr_subsets, seed=cfg.seed)
-        entry["bon"][g], entry["se"][g] = mc.aggregate(weights)
+                             "n_subsets": cfg.mbr_subsets, "bon": {}, "se": {}}
+    mc = mbr_subset_bon(list(texts), pools.golden, pools.offsets, ns, metric=cfg.mbr_metric,
+                        n_subsets=cfg.mbr_subsets, seed=cfg.seed)
+    for g, est in mc.items():
+        entry["bon"][g], entry["se"][g] = est.aggregate(weights)
     u1 = report["methods"]["random"]["bon"][g0][0]
     scale = report["methods"]["oracle"]["bon"][g0][-1] - u1
     entry["oracle_gain_captured"] = float((entry["bon"][g0][-1] - u1) / scale) if scale > 0 else None
@@ -723,7 +723,7 @@ def render_markdown(report: dict, plots: dict[str, str] | None = None) -> str:
     md += ["", "How each method was evaluated: oracle, random, the reward models and the log-prob selectors by the "
            "exact expectation over all N-subsets (one fixed score per candidate); "
            + ("MBR, whose score of a candidate depends on the other candidates, by Monte Carlo over "
-              f"{report['methods']['mbr']['evaluated'].split('(')[1].rstrip(')')} per pool and N (fixed seed; "
+              f"{report['methods']['mbr']['n_subsets']} subsets per pool and N (fixed seed; "
               "standard error at N=max "
               f"{_fmt(report['methods']['mbr']['se'][g0][-1])})." if "mbr" in report["methods"] else "no MBR (no texts).")]
     rms = {m: e for m, e in report["methods"].items() if e["kind"] == "rm"}

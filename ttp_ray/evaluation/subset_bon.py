@@ -9,12 +9,12 @@ Subsets come in a uniformly random order and `argmax` takes the first maximum, s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from ttp_ray.scoring.selectors import pairwise_rouge
+from ttp_ray.scoring.selectors import mbr_from_matrix, pairwise_rouge
 
 __all__ = ["SubsetBoN", "mbr_subset_bon", "subset_bon"]
 
@@ -38,38 +38,34 @@ class SubsetBoN:
         return mean, se
 
 
-def subset_bon(golden: np.ndarray, offsets: np.ndarray, ns: Sequence[int], scorer: SubsetScorer, *,
-               n_subsets: int = 200, seed: int = 0) -> SubsetBoN:
-    """Monte-Carlo BoN of a subset-dependent selector; N above a pool's size uses the whole pool."""
+def subset_bon(goldens: Mapping[str, np.ndarray], offsets: np.ndarray, ns: Sequence[int], scorer: SubsetScorer,
+               *, n_subsets: int = 200, seed: int = 0) -> dict[str, SubsetBoN]:
+    """Monte-Carlo BoN of a subset-dependent selector under every golden score (one draw of subsets and
+    winners serves them all); N above a pool's size uses the whole pool."""
     if n_subsets < 1:
         raise ValueError(f"`n_subsets` must be >= 1, got {n_subsets}")
     ns_arr = np.asarray(ns, dtype=np.int64)
-    q_count = offsets.size - 1
-    mean = np.zeros((q_count, ns_arr.size))
-    var = np.zeros((q_count, ns_arr.size))
+    shape = (offsets.size - 1, ns_arr.size)
+    mean = {g: np.zeros(shape) for g in goldens}
+    var = {g: np.zeros(shape) for g in goldens}
     rng = np.random.default_rng(seed)
-    for q in range(q_count):
-        g = golden[offsets[q]:offsets[q + 1]]
-        m = g.size
+    rows = np.arange(n_subsets)
+    for q in range(shape[0]):
+        lo, m = int(offsets[q]), int(offsets[q + 1] - offsets[q])
         for k, n in enumerate(np.minimum(ns_arr, m)):
             subs = np.argsort(rng.random((n_subsets, m)), axis=1)[:, :n]  # uniform subsets in random order
-            win = np.argmax(scorer(q, subs), axis=1)
-            picks = g[subs[np.arange(n_subsets), win]]
-            mean[q, k] = picks.mean()
-            var[q, k] = picks.var(ddof=1) if n_subsets > 1 else 0.0
-    return SubsetBoN(ns_arr, mean, var, n_subsets)
+            chosen = lo + subs[rows, np.argmax(scorer(q, subs), axis=1)]
+            for g, gold in goldens.items():
+                picks = gold[chosen]
+                mean[g][q, k] = picks.mean()
+                var[g][q, k] = picks.var(ddof=1) if n_subsets > 1 else 0.0
+    return {g: SubsetBoN(ns_arr, mean[g], var[g], n_subsets) for g in goldens}
 
 
-def mbr_subset_bon(texts: Sequence[str], golden: np.ndarray, offsets: np.ndarray, ns: Sequence[int], *,
-                   metric: str = "rouge1", n_subsets: int = 200, seed: int = 0) -> SubsetBoN:
+def mbr_subset_bon(texts: Sequence[str], goldens: Mapping[str, np.ndarray], offsets: np.ndarray,
+                   ns: Sequence[int], *, metric: str = "rouge1", n_subsets: int = 200,
+                   seed: int = 0) -> dict[str, SubsetBoN]:
     """MBR (consensus under `metric`) re-scored on each sampled subset; one pairwise matrix per pool."""
     sims = [pairwise_rouge(list(texts[offsets[q]:offsets[q + 1]]), metric) for q in range(offsets.size - 1)]
-
-    def scorer(q: int, subs: np.ndarray) -> np.ndarray:
-        n = subs.shape[1]
-        if n <= 1:
-            return np.zeros(subs.shape)
-        block = sims[q][subs[:, :, None], subs[:, None, :]]  # (R, n, n), zero diagonal
-        return block.sum(axis=2) / (n - 1)
-
-    return subset_bon(golden, offsets, ns, scorer, n_subsets=n_subsets, seed=seed)
+    return subset_bon(goldens, offsets, ns, lambda q, subs: mbr_from_matrix(sims[q], subs),
+                      n_subsets=n_subsets, seed=seed)

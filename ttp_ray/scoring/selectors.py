@@ -45,17 +45,20 @@ def pairwise_rouge(texts: Sequence[str], metric: Metric = "rouge1") -> np.ndarra
     return out
 
 
-def mbr_from_matrix(sim: np.ndarray, subset: np.ndarray | None = None) -> np.ndarray:
-    """MBR scores from a pairwise similarity matrix, restricted to `subset` (indices) when given.
+def mbr_from_matrix(sim: np.ndarray, subsets: np.ndarray | None = None) -> np.ndarray:
+    """MBR scores from a pairwise similarity matrix (zero diagonal): each member's mean similarity to the others.
 
-    Returns one score per member of the subset (in `subset` order): the mean similarity to the other
-    members. A pool of one candidate scores 0.
+    `subsets` restricts the pool: a 1-D array of indices gives one score per member (in that order); an (R, n)
+    array gives (R, n) scores, one row per subset (the batched form Monte-Carlo evaluation uses). A pool of one
+    candidate scores 0.
     """
-    s = sim if subset is None else sim[np.ix_(subset, subset)]
-    n = s.shape[0]
+    if subsets is None:
+        subsets = np.arange(sim.shape[0])
+    n = subsets.shape[-1]
     if n <= 1:
-        return np.zeros(n)
-    return (s.sum(axis=1) - np.diag(s)) / (n - 1)
+        return np.zeros(subsets.shape)
+    block = sim[subsets[..., :, None], subsets[..., None, :]]  # (..., n, n)
+    return block.sum(axis=-1) / (n - 1)
 
 
 def mbr_scores(texts: Sequence[str], metric: Metric = "rouge1") -> np.ndarray:

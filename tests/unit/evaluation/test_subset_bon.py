@@ -38,7 +38,7 @@ def test_mbr_scores_mean_similarity_to_others() -> None:
 @pytest.mark.parametrize("n", [1, 2, 3, 6])
 def test_mbr_montecarlo_matches_brute_force(n: int) -> None:
     offsets = np.array([0, len(TEXTS)])
-    mc = mbr_subset_bon(TEXTS, GOLD, offsets, [n], n_subsets=4000, seed=1)
+    mc = mbr_subset_bon(TEXTS, {"rouge1": GOLD}, offsets, [n], n_subsets=4000, seed=1)["rouge1"]
     mean, se = mc.aggregate(np.array([1.0]))
     exact = _brute_force(TEXTS, GOLD, n)
     assert abs(mean[0] - exact) <= 4 * se[0] + 1e-12
@@ -48,8 +48,8 @@ def test_mbr_montecarlo_matches_brute_force(n: int) -> None:
 
 def test_mbr_montecarlo_is_seeded() -> None:
     offsets = np.array([0, 3, 6])
-    a = mbr_subset_bon(TEXTS, GOLD, offsets, [2], n_subsets=50, seed=3)
-    b = mbr_subset_bon(TEXTS, GOLD, offsets, [2], n_subsets=50, seed=3)
+    a = mbr_subset_bon(TEXTS, {"rouge1": GOLD}, offsets, [2], n_subsets=50, seed=3)["rouge1"]
+    b = mbr_subset_bon(TEXTS, {"rouge1": GOLD}, offsets, [2], n_subsets=50, seed=3)["rouge1"]
     assert np.array_equal(a.mean, b.mean)
 
 
