@@ -2,8 +2,10 @@
 
 No cluster is started: manifests are parsed with yaml.safe_load and checked against what KubeRay, the cluster
 launcher (Ray's own ray-schema.json) and Ray Serve (its ServeDeploySchema) require, and against this repo
-(entrypoint scripts, configs, the Serve import path). Checks that depend on files other stages have not
-written yet skip with the missing path as the reason.
+(entrypoint scripts, configs, the Serve import path). Security: every cluster config turns on Ray token auth
+(anyone who reaches an unauthenticated dashboard can submit a job, i.e. run code), keeps the dashboard off
+public interfaces unless auth is on, and Serve is reachable from outside only through TLS. Checks that depend
+on files other stages have not written yet skip with the missing path as the reason.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import ast
 import importlib
 import json
 import os
+import re
 import shlex
 import subprocess
 import zipfile
@@ -40,7 +43,10 @@ STAGE_SCRIPTS = {
 NEVER_UPLOADED = (".git/HEAD", ".venv/bin/python", "runs/demo/report.json", ".cache/x/y.bin", "ttp_ray/__pycache__/a.pyc")
 
 ALL_YAML = sorted(CLUSTER.rglob("*.yaml"))
-KUBERAY_YAML = sorted(KUBERAY.glob("*.yaml"))
+KUBERAY_YAML = sorted(KUBERAY.glob("*.yaml"))  # the ray.io resources; kuberay/ingress/ holds plain Kubernetes ones
+SERVE_INGRESS = KUBERAY / "ingress" / "serve-tls.yaml"
+RAY_TOKEN_SECRET = "ttp-ray-auth"  # the Secret (key `auth_token`) every KubeRay manifest takes Ray's token from
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 def _load(path: Path) -> Any:
@@ -72,7 +78,8 @@ def _pod_groups(spec: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 # ------------------------------------------------------------------------------------------------ every file
 def test_cluster_dir_has_the_expected_files() -> None:
     names = {p.relative_to(CLUSTER).as_posix() for p in ALL_YAML}
-    expected = {"cluster.yaml", "runtime_env.yaml", "kuberay/raycluster.yaml", "kuberay/rayservice.yaml"}
+    expected = {"cluster.yaml", "runtime_env.yaml", "kuberay/raycluster.yaml", "kuberay/rayservice.yaml",
+                "kuberay/ingress/serve-tls.yaml"}
     expected |= {f"kuberay/rayjob-{stage}.yaml" for stage in STAGE_SCRIPTS}
     assert expected <= names, f"missing: {sorted(expected - names)}"
 
@@ -256,7 +263,124 @@ def test_cluster_launcher_config_matches_ray_schema() -> None:
     assert "--address=$RAY_HEAD_IP" in " ".join(cfg["worker_start_ray_commands"])
     assert any(ray.__version__ in c for c in cfg["setup_commands"]), "setup must check the Ray version"
     for remote, local in cfg["file_mounts"].items():
+        if local.startswith("~"):  # a file of the user's own machine (the Ray token), never one of the repo
+            continue
         assert (REPO / local).is_file(), f"file_mounts {remote}: {local} does not exist"
+
+
+# ------------------------------------------------------------------------------------------------ security
+def _walk(node: Any) -> Any:
+    """Every mapping inside a parsed YAML document (serveConfigV2/runtimeEnvYAML strings are parsed too)."""
+    if isinstance(node, dict):
+        yield node
+        for key, value in node.items():
+            if key in {"serveConfigV2", "runtimeEnvYAML"} and isinstance(value, str):
+                value = yaml.safe_load(value)
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _walk(item)
+
+
+def _env_turns_auth_on(env: list[dict[str, Any]]) -> bool:
+    by_name = {e["name"]: e for e in env}
+    token = by_name.get("RAY_AUTH_TOKEN", {})
+    return (by_name.get("RAY_AUTH_MODE", {}).get("value") == "token"
+            and "secretKeyRef" in token.get("valueFrom", {}))
+
+
+def _kuberay_auth(spec: dict[str, Any]) -> str | None:
+    """How a RayCluster spec turns Ray token auth on: 'authOptions', 'env' (every Ray container), or None."""
+    if (spec.get("authOptions") or {}).get("mode") == "token":
+        return "authOptions"
+    ray_containers = [g["template"]["spec"]["containers"][0] for _, g in _pod_groups(spec)]
+    if all(_env_turns_auth_on(c.get("env", [])) for c in ray_containers):
+        return "env"
+    return None
+
+
+@pytest.mark.parametrize("path", ALL_YAML, ids=lambda p: p.relative_to(CLUSTER).as_posix())
+def test_no_config_disables_auth_or_holds_a_token(path: Path) -> None:
+    text = path.read_text()
+    assert not re.search(r"RAY_AUTH_MODE\W+disabled", text), f"{path.name} turns Ray token auth off"
+    for doc in yaml.safe_load_all(text):
+        assert doc.get("kind") != "Secret", f"{path.name}: Secrets are created with kubectl, never committed"
+        for m in _walk(doc):
+            if m.get("name") in {"RAY_AUTH_TOKEN", "TTP_API_TOKEN"}:
+                assert "value" not in m, f"{path.name}: {m['name']} must come from a Secret (valueFrom)"
+
+
+@pytest.mark.parametrize(("name", "doc"), _kuberay_docs(), ids=lambda v: v if isinstance(v, str) else "")
+def test_kuberay_manifest_turns_on_token_auth(name: str, doc: dict[str, Any]) -> None:
+    spec = _cluster_spec(doc)
+    how = _kuberay_auth(spec)
+    assert how is not None, (f"{name}: Ray token auth is off; set spec authOptions {{mode: token, secretName: "
+                             f"{RAY_TOKEN_SECRET}}} (KubeRay >= 1.6) or RAY_AUTH_MODE/RAY_AUTH_TOKEN on every pod")
+    if how == "authOptions":
+        assert spec["authOptions"].get("secretName") == RAY_TOKEN_SECRET, f"{name}: one token for every manifest"
+
+    head = spec["headGroupSpec"]
+    host = head["rayStartParams"].get("dashboard-host", "0.0.0.0")  # KubeRay's default binds every interface
+    assert host in LOOPBACK or how is not None, f"{name}: dashboard on {host} without auth"
+    assert head.get("serviceType", "ClusterIP") == "ClusterIP", f"{name}: the head service must not leave the cluster"
+    assert not head.get("enableIngress"), f"{name}: no Ingress for the dashboard"
+
+
+def _launcher_env(cfg: dict[str, Any], command: str) -> dict[str, str]:
+    """Environment a `ray start` line of the cluster launcher sees: `docker run -e` plus its own prefix."""
+    env = dict(re.findall(r"(?:^|\s)-e\s+([A-Z_]+)=(\S+)", " ".join(cfg.get("docker", {}).get("run_options", []))))
+    env.update(re.findall(r"(?:^|[\s;])([A-Z_]+)=(\S+)(?=\s)", command.split("ray start", 1)[0] + " "))
+    return env
+
+
+def test_cluster_launcher_turns_on_token_auth() -> None:
+    cfg = _load(CLUSTER / "cluster.yaml")
+    starts = [(kind, c) for kind in ("head_start_ray_commands", "worker_start_ray_commands")
+              for c in cfg[kind] if "ray start" in c]
+    assert {k for k, _ in starts} == {"head_start_ray_commands", "worker_start_ray_commands"}
+    for kind, command in starts:
+        assert _launcher_env(cfg, command).get("RAY_AUTH_MODE") == "token", f"{kind}: Ray token auth is off"
+    tokens = {remote: local for remote, local in cfg["file_mounts"].items() if remote.endswith(".ray/auth_token")}
+    assert tokens, "every node needs the token: file_mounts ~/.ray/auth_token (made by `ray get-auth-token --generate`)"
+    for local in tokens.values():
+        assert local.startswith(("~", "/")) and not (REPO / local).exists(), "the token never lives in the repo"
+
+    (head,) = [c for k, c in starts if k == "head_start_ray_commands"]
+    m = re.search(r"--dashboard-host[= ](\S+)", head)
+    host = m.group(1) if m else "localhost"  # `ray start`'s default
+    auth = _launcher_env(cfg, head).get("RAY_AUTH_MODE") == "token"
+    assert host in LOOPBACK or auth, f"dashboard on {host} without auth"
+    assert host in LOOPBACK, "the launcher's dashboard is reached through `ray dashboard`'s SSH tunnel: bind loopback"
+
+
+def test_serve_is_reachable_from_outside_only_through_tls() -> None:
+    serve_cfg = _load(CLUSTER / "serve_config.yaml")["http_options"]
+    assert serve_cfg.get("host", "127.0.0.1") in LOOPBACK or (serve_cfg.get("ssl_certfile")
+                                                              and serve_cfg.get("ssl_keyfile")), \
+        "serve_config.yaml: bind loopback behind a TLS proxy, or give Serve ssl_certfile/ssl_keyfile"
+
+    service = _load(KUBERAY / "rayservice.yaml")
+    port = yaml.safe_load(service["spec"]["serveConfigV2"])["http_options"]["port"]
+    ingress = _load(SERVE_INGRESS)
+    assert (ingress["apiVersion"], ingress["kind"]) == ("networking.k8s.io/v1", "Ingress")
+    tls = ingress["spec"]["tls"]
+    assert tls and all(t["secretName"] and t["hosts"] for t in tls), "the Ingress must terminate TLS"
+    tls_hosts = {h for t in tls for h in t["hosts"]}
+    annotations = ingress["metadata"].get("annotations", {})
+    assert annotations.get("nginx.ingress.kubernetes.io/ssl-redirect") == "true", "plain HTTP must not reach Serve"
+    for rule in ingress["spec"]["rules"]:
+        assert rule["host"] in tls_hosts, f"{rule['host']} is served without TLS"
+        for path in rule["http"]["paths"]:
+            backend = path["backend"]["service"]
+            assert backend["name"] == f"{service['metadata']['name']}-serve-svc", "only Serve goes behind the Ingress"
+            assert backend["port"]["number"] == port
+
+
+def test_docs_tell_how_to_make_the_tokens_and_terminate_tls() -> None:
+    docs = (REPO / "docs" / "cluster.md").read_text()
+    assert f"kubectl create secret generic {RAY_TOKEN_SECRET} --from-literal=auth_token=" in docs
+    assert "ray get-auth-token --generate" in docs and "RAY_AUTH_MODE=token" in docs
+    assert SERVE_INGRESS.relative_to(REPO).as_posix() in docs and "TLS" in docs
 
 
 # ------------------------------------------------------------------------------------------------ upload
