@@ -40,9 +40,18 @@ def _setup_logging() -> None:
 
 
 def _pipeline_cfg(config: Path | None, overrides: list[str] | None, dataset: str | None = None):
+    import yaml
+
+    from ttp_ray.errors import TTPValidationError
     from ttp_ray.pipeline_config import load_pipeline_config
 
-    cfg = load_pipeline_config(config, overrides)
+    try:
+        cfg = load_pipeline_config(config, overrides)
+    except UnicodeDecodeError as e:
+        raise TTPValidationError(f"{config}: not UTF-8 at byte {e.start}: {e.reason}", parameter="config",
+                                 value=str(config)) from None
+    except yaml.YAMLError as e:  # the message names the file (or the override) and the line
+        raise TTPValidationError(f"invalid YAML: {e}", parameter="config", value=str(config)) from None
     if dataset is not None:
         cfg.datasets = [cfg.dataset(dataset)]
     return cfg
@@ -58,7 +67,8 @@ def _fail(e: Exception) -> None:
     from ttp_ray.errors import DataError, TTPValidationError
 
     if isinstance(e, TTPValidationError | DataError | FileNotFoundError | KeyError):
-        typer.echo(f"ttp: error: {e}", err=True)
+        one_line = "; ".join(part.strip() for part in str(e).splitlines() if part.strip())
+        typer.echo(f"ttp: error: {one_line}", err=True)
         raise typer.Exit(2) from None
     raise e
 

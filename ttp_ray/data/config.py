@@ -8,6 +8,9 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ttp_ray.config import StageConfig
+from ttp_ray.data._fields import bad_unicode_at
+
+MAX_ERROR_RATE = 0.1  # default `max_error_rate` of every loader (see docs/data.md, "Bad input")
 
 
 class SyntheticConfig(StageConfig):
@@ -88,7 +91,21 @@ class DatasetConfig(StageConfig):
     max_users: int | None = Field(None, ge=1, description="Keep this many users, those with the longest histories.")
     max_queries_per_user: int | None = Field(None, ge=1, description="Keep each user's first k test queries.")
     max_profile_items: int | None = Field(None, ge=1, description="Keep each user's latest k profile items.")
+    # Bad input
     strict: bool = Field(False, description="Raise on the first malformed record instead of skipping and logging it.")
+    max_error_rate: float = Field(
+        MAX_ERROR_RATE, ge=0, le=1,
+        description="Fail the load when the share of rejected records (questions/rows), or of rejected profile "
+        "items, is above this (0: any bad record fails the load; 1: only a load with no valid query fails).")
+
+    @field_validator("name", "questions", "outputs", "path", "task", mode="before")
+    @classmethod
+    def _valid_text(cls, v: object, info: ValidationInfo) -> object:
+        # a YAML "\ud800" escape would otherwise fail later, deep in a path or an Arrow column
+        pos = bad_unicode_at(v) if isinstance(v, str) else None
+        if pos is not None:
+            raise ValueError(f"`{info.field_name}` is not valid UTF-8 text: character {pos} is a lone surrogate")
+        return v
 
     @model_validator(mode="after")
     def _required_by_kind(self) -> DatasetConfig:

@@ -3,7 +3,8 @@
 Questions file: a JSON list of `{"id", "input", "profile": [...]}`, plus `"user_id"` in the time-based split.
 Outputs file: `{"task": "LaMP_4", "golds": [{"id", "output"}]}`. Without `user_id` every question is its own
 user (`"q:<id>"`, LaMP's user split); with it, a user's questions are grouped and their repeated profiles are
-merged by item id (first occurrence wins, so positions follow the oldest-first order of the source).
+merged by item id (first occurrence wins, so positions follow the oldest-first order of the source). Ids,
+dates and text follow the rules of `data/_fields.py`, shared with the LongLaMP loader.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ttp_ray.data._fields import as_id, check_date, check_field, check_id, has_value
+from ttp_ray.data.config import MAX_ERROR_RATE
 from ttp_ray.data.dataset import DatasetBuilder, ErrorLog, LoadedDataset
 from ttp_ray.data.io import read_json
 from ttp_ray.errors import DataError, TTPValidationError
@@ -76,15 +79,6 @@ def extract_query_text(input_text: str, marker: str | None) -> str:
     return input_text.strip()
 
 
-def as_id(value: Any) -> str | None:
-    """Ids are opaque strings; ints are accepted and cast (bools and anything else are not)."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return None
-
-
 def read_outputs(path: Path, errors: ErrorLog) -> tuple[str | None, dict[str, str]]:
     """The outputs file's task and `{id: output}`; malformed gold entries are reported."""
     data = read_json(path)
@@ -93,26 +87,27 @@ def read_outputs(path: Path, errors: ErrorLog) -> tuple[str | None, dict[str, st
     if not isinstance(data, dict) or not isinstance(data.get("golds"), list):
         raise DataError("outputs file must be {'task': ..., 'golds': [{'id', 'output'}, ...]}", file=str(path), field="golds")
     task = data.get("task")
+    file = str(path)
     golds: dict[str, str] = {}
     for i, g in enumerate(data["golds"]):
-        gid = as_id(g.get("id")) if isinstance(g, dict) else None
-        if gid is None:
-            errors.report(DataError("gold entry has no valid 'id' (str or int)", file=str(path), record_id=f"#{i}", field="id"))
+        try:
+            if not isinstance(g, dict):
+                raise DataError(f"gold entry must be an object, got {type(g).__name__}", file=file, record_id=f"#{i}")
+            gid = check_id(g.get("id"), key="id", file=file, record_id=f"#{i}", field="id")
+            out = check_field(g, "output", file=file, record_id=gid)
+            if gid in golds and golds[gid] != out:
+                raise DataError("duplicate gold id with a different output; kept the first", file=file,
+                                record_id=gid, field="id")
+        except DataError as e:
+            errors.report(e)
             continue
-        out = g.get("output")
-        if not isinstance(out, str):
-            errors.report(DataError(f"'output' must be a string, got {type(out).__name__}", file=str(path),
-                                    record_id=gid, field="output"))
-        elif gid in golds and golds[gid] != out:
-            errors.report(DataError("duplicate gold id with a different output; kept the first", file=str(path),
-                                    record_id=gid, field="id"))
-        else:
-            golds.setdefault(gid, out)
+        golds.setdefault(gid, out)
     return (task if isinstance(task, str) else None), golds
 
 
-def _pick_task(task: str | None, gold_task: str | None, records: list[Any], file: str) -> TaskSpec:
-    """`task` argument, else the outputs file's task, else inferred from the first input's prefix."""
+def _pick_task(task: str | None, gold_task: str | None, records: list[Any], file: str) -> TaskSpec | None:
+    """`task` argument, else the outputs file's task, else inferred from the first input's prefix (None when no
+    record has a string `input`: every record is then rejected and the load fails for want of a valid query)."""
     if task is not None:
         spec = resolve_task(task)
         if gold_task is not None and resolve_task(gold_task).name != spec.name:
@@ -121,7 +116,9 @@ def _pick_task(task: str | None, gold_task: str | None, records: list[Any], file
     if gold_task is not None:
         return resolve_task(gold_task)
     first = next((r.get("input") for r in records if isinstance(r, dict) and isinstance(r.get("input"), str)), None)
-    spec = infer_task(first) if first is not None else None
+    if first is None:
+        return None
+    spec = infer_task(first)
     if spec is None:
         raise TTPValidationError(
             f"{file}: cannot infer the task from the input {str(first)[:60]!r}; pass `task` (one of {sorted(TASKS)})",
@@ -134,47 +131,37 @@ def _profile_item(item: Any, spec: TaskSpec, qid: str, j: int, file: str) -> dic
     where = f"profile[{j}]"
     if not isinstance(item, dict):
         raise DataError(f"profile item must be an object, got {type(item).__name__}", file=file, record_id=qid, field=where)
-    item_id = as_id(item.get("id"))
-    if item_id is None:
-        raise DataError(f"profile item needs an 'id' (str or int), got {item.get('id')!r}", file=file, record_id=qid,
-                        field=f"{where}.id")
+    item_id = check_id(item.get("id"), key="id", file=file, record_id=qid, field=f"{where}.id")
     fields = {"output": spec.profile_output, "input": spec.profile_input}
     values: dict[str, str] = {"input": ""}
     for role, key in fields.items():
-        if key is None:
-            continue
-        if key not in item:
-            raise DataError(f"missing field {key!r}", file=file, record_id=qid, field=f"{where}.{key}")
-        if not isinstance(item[key], str):
-            raise DataError(f"{key!r} must be a string, got {type(item[key]).__name__}", file=file, record_id=qid,
-                            field=f"{where}.{key}")
-        values[role] = item[key]
-    date = item.get("date")
-    if date is not None and as_id(date) is None:
-        raise DataError(f"'date' must be a string or a year, got {date!r}", file=file, record_id=qid, field=f"{where}.date")
-    return {"item_id": item_id, "input": values["input"], "output": values["output"],
-            "date": None if date is None else str(date)}
+        if key is not None:
+            values[role] = check_field(item, key, file=file, record_id=qid, where=where)
+    date = check_date(item.get("date"), file=file, record_id=qid, field=f"{where}.date")
+    return {"item_id": item_id, "input": values["input"], "output": values["output"], "date": date}
 
 
-def _question(rec: Any, i: int, file: str, builder: DatasetBuilder) -> tuple[str, str, str | None, list[Any]]:
-    """Validate a question's own fields: `(query_id, input, user_id or None, profile list)`."""
+def user_of(rec: dict[str, Any], qid: str, default: str, *, users_given: bool, file: str) -> str:
+    """A record's user: its `user_id`, else `default` (one user per record). When other records of the file
+    carry a valid `user_id` (`users_given`), a record without one is an error: a generated user id could
+    collide with theirs."""
+    if has_value(rec, "user_id"):
+        return check_id(rec["user_id"], key="user_id", file=file, record_id=qid, field="user_id")
+    if users_given:
+        raise DataError("missing 'user_id' while other records have one", file=file, record_id=qid, field="user_id")
+    return default
+
+
+def _question(rec: Any, i: int, file: str, builder: DatasetBuilder,
+              users_given: bool) -> tuple[str, str, str, list[Any]]:
+    """Validate a question's own fields: `(query_id, input, user_id, profile list)`."""
     if not isinstance(rec, dict):
         raise DataError(f"record must be an object, got {type(rec).__name__}", file=file, record_id=f"#{i}")
-    qid = as_id(rec.get("id"))
-    if qid is None:
-        raise DataError(f"needs an 'id' (str or int), got {rec.get('id')!r}", file=file, record_id=f"#{i}", field="id")
+    qid = check_id(rec.get("id"), key="id", file=file, record_id=f"#{i}", field="id")
     if builder.has_query(qid):
         raise DataError("duplicate question id; kept the first occurrence", file=file, record_id=qid, field="id")
-    text = rec.get("input")
-    if not isinstance(text, str):
-        reason = "missing field 'input'" if "input" not in rec else f"'input' must be a string, got {type(text).__name__}"
-        raise DataError(reason, file=file, record_id=qid, field="input")
-    user_id = None
-    if "user_id" in rec:
-        user_id = as_id(rec["user_id"])
-        if user_id is None:
-            raise DataError(f"'user_id' must be a string or int, got {rec['user_id']!r}", file=file, record_id=qid,
-                            field="user_id")
+    text = check_field(rec, "input", file=file, record_id=qid)
+    user_id = user_of(rec, qid, f"q:{qid}", users_given=users_given, file=file)
     profile = rec.get("profile")
     if not isinstance(profile, list):
         reason = "missing field 'profile'" if "profile" not in rec else f"'profile' must be a list, got {type(profile).__name__}"
@@ -189,6 +176,7 @@ def load_lamp(
     name: str,
     task: str | None = None,
     strict: bool = False,
+    max_error_rate: float | None = MAX_ERROR_RATE,
     max_users: int | None = None,
     max_queries_per_user: int | None = None,
     max_profile_items: int | None = None,
@@ -201,13 +189,17 @@ def load_lamp(
         name: dataset name (the `dataset` column of USERS).
         task: override the task (else the outputs file's `task`, else inferred from the input prefix).
         strict: raise the first `DataError` instead of skipping the record and logging it in `errors`.
+        max_error_rate: fail when the share of rejected questions, or of rejected profile items, is above
+            this (None: no limit; a load without any valid question always fails).
         max_users, max_queries_per_user, max_profile_items: see `DatasetConfig`.
 
     Returns:
         A `LoadedDataset`. An empty profile is valid: the query is kept and the user has `n_profile=0`.
+        A gold whose id matches no question is an `errors` row of the outputs file.
 
     Raises:
-        DataError: a broken JSON file (always), or the first bad record under `strict`.
+        DataError: an unreadable or empty file (always), or the first bad record under `strict`.
+        RejectedLoadError: no valid question, or more rejected than `max_error_rate` allows.
         TTPValidationError: an unknown or uninferable task.
     """
     qfile = str(questions)
@@ -217,38 +209,44 @@ def load_lamp(
         raise DataError(f"top level must be a JSON list of questions, got {type(records).__name__}", file=qfile)
     gold_task, golds = read_outputs(Path(outputs), errors) if outputs is not None else (None, {})
     spec = _pick_task(task, gold_task, records, qfile)
-    builder = DatasetBuilder(name, spec.name, errors)
+    builder = DatasetBuilder(name, spec.name if spec else "unknown", errors, file=qfile)
+    users_given = any(as_id(r.get("user_id")) is not None for r in records if isinstance(r, dict))
     n_empty = 0
     for i, rec in enumerate(records):
         try:
-            qid, text, user_id, profile = _question(rec, i, qfile, builder)
+            qid, text, user_id, profile = _question(rec, i, qfile, builder, users_given)
         except DataError as e:
-            errors.report(e)
+            errors.report(e, rejects="record")
             continue
-        user_id = user_id if user_id is not None else f"q:{qid}"
+        assert spec is not None  # a record with a string input exists, so the task was picked
         n_empty += not profile
         for j, raw in enumerate(profile):
             try:
                 item = _profile_item(raw, spec, qid, j, qfile)
             except DataError as e:
-                errors.report(e)
+                errors.report(e, rejects="item")
                 continue
-            builder.add_profile_item(user_id, **item, file=qfile, record_id=qid)
+            builder.add_profile_item(user_id, **item, file=qfile, record_id=qid, field=f"profile[{j}]")
         builder.add_query(user_id, qid, text, extract_query_text(text, spec.query_marker), golds.get(qid))
+    if outputs is not None:
+        _report_unmatched_golds(golds, records, errors, str(outputs), qfile)
     _log_reference_coverage(builder, golds, outputs, n_empty)
-    return builder.build(max_users=max_users, max_queries_per_user=max_queries_per_user,
-                         max_profile_items=max_profile_items)
+    return builder.build(max_error_rate=max_error_rate, max_users=max_users,
+                         max_queries_per_user=max_queries_per_user, max_profile_items=max_profile_items)
+
+
+def _report_unmatched_golds(golds: dict[str, str], records: list[Any], errors: ErrorLog, ofile: str,
+                            qfile: str) -> None:
+    """A gold whose id is no question's id is an error row (a gold of a rejected question is not)."""
+    ids = {as_id(r.get("id")) for r in records if isinstance(r, dict)}
+    for gid in golds:
+        if gid not in ids:
+            errors.report(DataError(f"gold id matches no question in {qfile}", file=ofile, record_id=gid, field="id"))
 
 
 def _log_reference_coverage(builder: DatasetBuilder, golds: dict[str, str], outputs: Any, n_empty: int) -> None:
     if n_empty:
         log.warning("%d question(s) have an empty profile (kept; their users may have n_profile=0)", n_empty)
-    if outputs is None:
-        return
-    loaded = builder.query_ids
-    missing = len(loaded - golds.keys())
-    extra = len(golds.keys() - loaded)
-    if missing:
+    missing = len(builder.query_ids - golds.keys())
+    if outputs is not None and missing:
         log.warning("%s: %d question(s) have no gold output (reference is null)", outputs, missing)
-    if extra:
-        log.warning("%s: %d gold id(s) match no loaded question (ignored)", outputs, extra)

@@ -2,8 +2,10 @@
 
 Rows may come as a JSON list, JSONL or Parquet (an HF split saved with `to_parquet`). Rows have no user id in
 the released data, so each row is its own user (`"r:<id>"`) unless a `user_id` field is present; the query id
-is the row's `id` if present, else its position (`"r<index>"`). Profile items rarely carry ids: a missing one
-becomes `"<query_id>:<j>"`.
+is the row's `id` if present, else its position (`"r<index>"`). Generated ids never meet real ones: when some
+row of the file has a valid `id` (or `user_id`), a row without one is an error. Profile items rarely carry
+ids: a missing one becomes `"<query_id>:<j>"`. Ids, dates and text follow the rules of `data/_fields.py`,
+shared with the LaMP loader.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+from ttp_ray.data._fields import as_id, check_date, check_field, check_id, check_text, has_value
+from ttp_ray.data.config import MAX_ERROR_RATE
 from ttp_ray.data.dataset import DatasetBuilder, ErrorLog, LoadedDataset
 from ttp_ray.data.io import iter_records
-from ttp_ray.data.lamp import as_id, extract_query_text
+from ttp_ray.data.lamp import extract_query_text, user_of
 from ttp_ray.errors import DataError, TTPValidationError
 
 __all__ = ["LONGLAMP_TASKS", "load_longlamp"]
@@ -23,16 +27,8 @@ LongLaMPTask = Literal["abstract", "topic", "review"]
 
 
 def _text(item: dict[str, Any], key: str, where: str, qid: str, file: str, *, allow_number: bool = False) -> str:
-    """`item[key]` as a string, or a `DataError` naming `<where>.<key>` (`where=""`: a top-level field)."""
-    field = f"{where}.{key}" if where else key
-    if key not in item:
-        raise DataError(f"missing field {key!r}", file=file, record_id=qid, field=field)
-    v = item[key]
-    if isinstance(v, str):
-        return v
-    if allow_number and isinstance(v, int | float) and not isinstance(v, bool):
-        return str(v)
-    raise DataError(f"{key!r} must be a string, got {type(v).__name__}", file=file, record_id=qid, field=field)
+    """`item[key]` as valid text, or a `DataError` naming `<where>.<key>`."""
+    return check_field(item, key, file=file, record_id=qid, where=where, allow_number=allow_number)
 
 
 def _abstract(item: dict[str, Any], where: str, qid: str, file: str) -> tuple[str, str]:
@@ -59,25 +55,26 @@ LONGLAMP_TASKS: dict[str, tuple[str, Callable[..., tuple[str, str]], str]] = {
 }
 
 
-def _row(rec: Any, pos: str, index: int, file: str, builder: DatasetBuilder) -> tuple[str, str, str, str, list[Any]]:
+def _row(rec: Any, pos: str, index: int, file: str, builder: DatasetBuilder, *, ids_given: bool,
+         users_given: bool) -> tuple[str, str, str, str | None, list[Any]]:
     """Validate a row: `(query_id, user_id, input, output, profile)`."""
     if isinstance(rec, DataError):
         raise rec
     if not isinstance(rec, dict):
         raise DataError(f"row must be an object, got {type(rec).__name__}", file=file, record_id=pos)
-    qid = as_id(rec["id"]) if rec.get("id") is not None else f"r{index}"
-    if qid is None:
-        raise DataError(f"'id' must be a string or int, got {rec['id']!r}", file=file, record_id=pos, field="id")
+    if has_value(rec, "id"):
+        qid = check_id(rec["id"], key="id", file=file, record_id=pos, field="id")
+    elif ids_given:
+        raise DataError("missing 'id' while other rows have one", file=file, record_id=pos, field="id")
+    else:
+        qid = f"r{index}"
     if builder.has_query(qid):
         raise DataError("duplicate row id; kept the first occurrence", file=file, record_id=qid, field="id")
     text = _text(rec, "input", "", qid, file)
     output = rec.get("output")
-    if output is not None and not isinstance(output, str):
-        raise DataError(f"'output' must be a string, got {type(output).__name__}", file=file, record_id=qid, field="output")
-    user_id = as_id(rec["user_id"]) if rec.get("user_id") is not None else f"r:{qid}"
-    if user_id is None:
-        raise DataError(f"'user_id' must be a string or int, got {rec['user_id']!r}", file=file, record_id=qid,
-                        field="user_id")
+    if output is not None:  # a missing or null output is kept as a null reference
+        output = check_text(output, key="output", file=file, record_id=qid, field="output")
+    user_id = user_of(rec, qid, f"r:{qid}", users_given=users_given, file=file)
     profile = rec.get("profile")
     if not isinstance(profile, list):
         reason = "missing field 'profile'" if "profile" not in rec else f"'profile' must be a list, got {type(profile).__name__}"
@@ -91,6 +88,7 @@ def load_longlamp(
     task: LongLaMPTask,
     name: str,
     strict: bool = False,
+    max_error_rate: float | None = MAX_ERROR_RATE,
     max_users: int | None = None,
     max_queries_per_user: int | None = None,
     max_profile_items: int | None = None,
@@ -99,8 +97,8 @@ def load_longlamp(
 
     Profile items map to (input, output) as: abstract `title -> abstract`; topic `input -> output`;
     review `"rating: {overall}; summary: {summary}; product: {description}" -> reviewText`. A row with a
-    missing or null `output` is kept with a null reference. Bad rows/items follow the same policy as
-    `load_lamp` (see docs/data.md).
+    missing or null `output` is kept with a null reference. Bad rows/items, `max_error_rate` and the id and
+    date rules are those of `load_lamp` (see docs/data.md).
     """
     if task not in LONGLAMP_TASKS:
         raise TTPValidationError(f"unknown LongLaMP task {task!r}; supported: {sorted(LONGLAMP_TASKS)}",
@@ -108,12 +106,16 @@ def load_longlamp(
     task_name, read_item, marker = LONGLAMP_TASKS[task]
     file = str(path)
     errors = ErrorLog(strict=strict)
-    builder = DatasetBuilder(name, task_name, errors)
-    for index, (pos, rec) in enumerate(iter_records(path)):
+    builder = DatasetBuilder(name, task_name, errors, file=file)
+    records = list(iter_records(path))
+    ids_given = any(isinstance(r, dict) and as_id(r.get("id")) is not None for _, r in records)
+    users_given = any(isinstance(r, dict) and as_id(r.get("user_id")) is not None for _, r in records)
+    for index, (pos, rec) in enumerate(records):
         try:
-            qid, user_id, text, output, profile = _row(rec, pos, index, file, builder)
+            qid, user_id, text, output, profile = _row(rec, pos, index, file, builder, ids_given=ids_given,
+                                                       users_given=users_given)
         except DataError as e:
-            errors.report(e)
+            errors.report(e, rejects="record")
             continue
         for j, item in enumerate(profile):
             where = f"profile[{j}]"
@@ -121,14 +123,15 @@ def load_longlamp(
                 if not isinstance(item, dict):
                     raise DataError(f"profile item must be an object, got {type(item).__name__}", file=file,
                                     record_id=qid, field=where)
+                item_id = (check_id(item["id"], key="id", file=file, record_id=qid, field=f"{where}.id")
+                           if has_value(item, "id") else f"{qid}:{j}")
                 item_input, item_output = read_item(item, where, qid, file)
+                date = check_date(item.get("date"), file=file, record_id=qid, field=f"{where}.date")
             except DataError as e:
-                errors.report(e)
+                errors.report(e, rejects="item")
                 continue
-            item_id = as_id(item.get("id")) if item.get("id") is not None else f"{qid}:{j}"
-            date = item.get("date")
-            builder.add_profile_item(user_id, item_id or f"{qid}:{j}", item_input, item_output,
-                                     None if date is None else str(date), file=file, record_id=qid)
+            builder.add_profile_item(user_id, item_id, item_input, item_output, date, file=file, record_id=qid,
+                                     field=where)
         builder.add_query(user_id, qid, text, extract_query_text(text, marker), output)
-    return builder.build(max_users=max_users, max_queries_per_user=max_queries_per_user,
-                         max_profile_items=max_profile_items)
+    return builder.build(max_error_rate=max_error_rate, max_users=max_users,
+                         max_queries_per_user=max_queries_per_user, max_profile_items=max_profile_items)

@@ -28,7 +28,7 @@ def question(qid: Any, article: str = "something happened", profile: Any = None,
 def write(tmp_path: Path, questions: list[Any], golds: dict[str, Any] | None = None, task: str = "LaMP_4",
           name: str = "bad.json") -> tuple[Path, Path | None]:
     q = tmp_path / name
-    q.write_text(json.dumps(questions, ensure_ascii=False), encoding="utf-8")
+    q.write_text(json.dumps(questions), encoding="utf-8")  # ASCII: a lone surrogate is written as its \u escape
     if golds is None:
         return q, None
     o = tmp_path / "outputs.json"
@@ -141,9 +141,10 @@ def test_time_split_unions_profiles_by_item_id(tmp_path: Path) -> None:
 def test_conflicting_duplicate_profile_item_is_reported(tmp_path: Path) -> None:
     qs = [question("1", profile=[item("i1", "old")], user_id="u"), question("2", profile=[item("i1", "new")], user_id="u")]
     q, _ = write(tmp_path, qs)
-    ds = load_lamp(q, name="t")
+    ds = load_lamp(q, name="t", max_error_rate=1.0)
     assert ds.profile["output"].to_pylist() == ["old"]
-    assert error_rows(ds)[0]["record_id"] == "2" and "repeats with different content" in error_rows(ds)[0]["reason"]
+    [row] = error_rows(ds)
+    assert (row["record_id"], row["field"]) == ("2", "profile[0]") and "repeats with different content" in row["reason"]
 
 
 # --- bad input: strict raises naming file/record/field; lenient skips, logs and keeps an ERRORS row ----------
@@ -151,7 +152,11 @@ def test_conflicting_duplicate_profile_item_is_reported(tmp_path: Path) -> None:
 BAD_CASES = [
     # (name, record, record_id, field, reason fragment)
     ("missing input", {"id": "q1", "profile": []}, "q1", "input", "missing field 'input'"),
-    ("missing id", {"input": L4 + "x", "profile": []}, "#1", "id", "needs an 'id'"),
+    ("missing id", {"input": L4 + "x", "profile": []}, "#1", "id", "missing 'id' (a non-blank string or an int)"),
+    ("empty id", {"id": "", "input": L4 + "x", "profile": []}, "#1", "id",
+     "'id' must be a non-blank string or an int, got ''"),
+    ("lone surrogate in input", {"id": "q1", "input": L4 + "x\ud800", "profile": []}, "q1", "input",
+     "'input' is not valid UTF-8 text: character 48 is a lone surrogate \\ud800"),
     ("profile not a list", question("q1", profile="oops"), "q1", "profile", "'profile' must be a list, got str"),
     ("missing profile", {"id": "q1", "input": L4 + "x"}, "q1", "profile", "missing field 'profile'"),
     ("input not a string", {"id": "q1", "input": 5, "profile": []}, "q1", "input", "'input' must be a string, got int"),
@@ -160,10 +165,13 @@ BAD_CASES = [
     ("item missing field", question("q1", profile=[{"id": "i", "title": "t"}]), "q1", "profile[0].text",
      "missing field 'text'"),
     ("item missing id", question("q1", profile=[{"title": "t", "text": "x"}]), "q1", "profile[0].id",
-     "profile item needs an 'id'"),
+     "missing 'id'"),
+    ("item date wrong type", question("q1", profile=[item("i", date=2020.5)]), "q1", "profile[0].date",
+     "'date' must be a string, an int year or a date, got 2020.5"),
     ("item not an object", question("q1", profile=["just text"]), "q1", "profile[0]",
      "profile item must be an object"),
-    ("user_id wrong type", question("q1", user_id=["u"]), "q1", "user_id", "'user_id' must be a string or int"),
+    ("user_id wrong type", question("q1", user_id=["u"]), "q1", "user_id",
+     "'user_id' must be a non-blank string or an int, got ['u']"),
 ]
 
 
@@ -178,7 +186,7 @@ def test_bad_record_strict_raises_with_location(tmp_path: Path, case, record, re
 @pytest.mark.parametrize(("case", "record", "record_id", "field", "reason"), BAD_CASES, ids=[c[0] for c in BAD_CASES])
 def test_bad_record_lenient_is_skipped_and_kept_in_errors(tmp_path: Path, case, record, record_id, field, reason) -> None:
     q, _ = write(tmp_path, [question("ok"), record])
-    ds = load_lamp(q, name="x", task="LaMP_4")
+    ds = load_lamp(q, name="x", task="LaMP_4", max_error_rate=1.0)
     assert ds.errors.schema == ERRORS
     [row] = error_rows(ds)
     assert row["stage"] == "load" and row["file"] == str(q)
@@ -192,7 +200,7 @@ def test_bad_record_lenient_is_skipped_and_kept_in_errors(tmp_path: Path, case, 
 def test_int_ids_are_cast_and_duplicates_reported(tmp_path: Path) -> None:
     q, o = write(tmp_path, [question(7, profile=[item(70)]), question("dup"), question("dup", article="other")],
                  {"7": "seven", "dup": "d"})
-    ds = load_lamp(q, o, name="x")
+    ds = load_lamp(q, o, name="x", max_error_rate=1.0)
     assert ds.queries["query_id"].to_pylist() == ["7", "dup"]
     assert ds.queries["reference"].to_pylist()[0] == "seven" and ds.profile["item_id"].to_pylist()[0] == "70"
     [row] = error_rows(ds)

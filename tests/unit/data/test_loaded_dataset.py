@@ -44,6 +44,6 @@ def test_run_load_points_at_the_errors_table(tmp_path: Path, capsys) -> None:
     q.write_text(json.dumps([{"id": "1", "input": "Generate a headline for the following article: x",
                               "profile": "oops"},
                              {"id": "2", "input": "Generate a headline for the following article: y", "profile": []}]))
-    ds = run_load(DatasetConfig(name="bad", kind="lamp", questions=q), tmp_path / "run")
+    ds = run_load(DatasetConfig(name="bad", kind="lamp", questions=q, max_error_rate=0.5), tmp_path / "run")
     assert ds.errors.num_rows == 1
     assert f"errors (skipped records): 1 -> see {tmp_path / 'run' / 'errors.parquet'}" in capsys.readouterr().out
