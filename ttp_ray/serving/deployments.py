@@ -96,6 +96,8 @@ class ScorerDeployment:
             if cur is not None and (cur.rm_dir, cur.variant, cur.version) == (rm_dir, variant, version):
                 return
             scorer = await asyncio.to_thread(self._load, rm_dir, variant)
+            if not user_config.get("rm_version"):  # a save may have swapped versions since: label what was loaded
+                version = f"{variant}@{scorer.ckpt.manifest_sha256[:12]}"
             self._rm = _LoadedRM(scorer, rm_dir, variant, version)  # atomic: running batches keep the old one
             log.info("reward model %s loaded from %s (was %s)", version, rm_dir, cur.version if cur else None)
 

@@ -10,17 +10,35 @@ One variant folder (`{run_dir}/rm/{dataset}/<variant>/`):
     users_vocab.json         per-user token document frequencies (for the `lex_user` feature)
     backbone.safetensors     only when the backbone was tuned (LoRA adapters or full weights)
 
-Folders are written to a temporary sibling and renamed, so a folder that exists is complete (resumable runs
-skip it). Optimizer state for Ray Train resume goes through the same safe formats (`save_optimizer_state`).
+Overwrites are atomic for readers. `<variant>` is a relative symlink to a hidden version folder beside it:
+
+    user-prob -> .user-prob.v3     the stable name every reader uses (`resolve_variant_dir`, `is_complete`)
+    .user-prob.v3/                 the current version (the files above)
+    .user-prob.lock                writers of this variant take it in turn (`flock`); readers never lock
+
+A save writes `.user-prob.v4.tmp/`, fsyncs its files and the folder, renames it to `.user-prob.v4`, points a
+temporary symlink at it and `os.replace`s it over `user-prob` (one atomic rename), fsyncs the parent, and only
+then deletes `.user-prob.v3`. A crash at any step leaves `user-prob` on a complete version; the next save of the
+variant deletes what the crash left (`.tmp` folders, versions nothing points to). A reader that opens one file
+through `user-prob` gets one version; `load_rm_checkpoint` pins the version once and reads every file from it,
+and if a save deleted that version mid-read it reads the new one whole. A variant folder written before this
+layout (a real folder) is replaced by the symlink with an atomic exchange (`renameat2`, Linux). Optimizer state
+for Ray Train resume goes through the same safe formats (`save_optimizer_state`).
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import fcntl
+import hashlib
 import json
 import os
+import re
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +67,7 @@ __all__ = [
 
 FORMAT_VERSION = "1"
 MANIFEST = "manifest.json"
+_READ_ATTEMPTS = 5  # a reader re-pins the version at most this often when saves delete it under its feet
 
 
 def save_tensors(tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
@@ -59,7 +78,12 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise DataError("checkpoint file is missing", file=str(path))
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except Exception:  # safetensors reports a file deleted since the check as a bare RuntimeError
+        if not path.is_file():
+            raise DataError("checkpoint file is missing", file=str(path)) from None
+        raise
 
 
 # ---- optimizer state (safetensors + JSON) -----------------------------------------------------------------------
@@ -125,6 +149,7 @@ class RMCheckpoint:
     contexts: dict[str, UserContext]
     population: UserContext
     backbone_state: dict[str, torch.Tensor] | None
+    manifest_sha256: str = ""  # of the manifest bytes read: identifies the version that was loaded
 
     @property
     def variant(self) -> str:
@@ -136,8 +161,88 @@ class RMCheckpoint:
 
 
 def is_complete(variant_dir: str | Path) -> bool:
-    """True when the folder holds a finished checkpoint (written atomically, so the manifest is the marker)."""
+    """True when the variant holds a finished checkpoint (versions are swapped in whole: the manifest is the marker)."""
     return (Path(variant_dir) / MANIFEST).is_file()
+
+
+# ---- atomic variant versions ------------------------------------------------------------------------------------
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _variant_lock(out: Path) -> Iterator[None]:
+    """One writer per variant at a time; released by the OS if the writer dies."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_name(f".{out.name}.lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _leftover_re(name: str) -> re.Pattern[str]:
+    # versions (complete or `.tmp`), the temporary symlink, a replaced legacy folder, and the old `.tmp{pid}`
+    return re.compile(rf"\.{re.escape(name)}\.(?:v\d+(?:\.tmp)?|link|old|tmp\d+)")
+
+
+def _current_version(out: Path) -> int | None:
+    """N when `out` points to `.{name}.vN`; None when it is missing or a legacy real folder."""
+    if not out.is_symlink():
+        return None
+    m = re.fullmatch(rf"\.{re.escape(out.name)}\.v(\d+)", Path(os.readlink(out)).name)
+    return int(m.group(1)) if m else None
+
+
+def _sweep(out: Path, keep: int | None) -> None:
+    """Delete every version but `keep` and whatever an interrupted save left. Call under `_variant_lock`."""
+    pat = _leftover_re(out.name)
+    for p in out.parent.iterdir():
+        if not pat.fullmatch(p.name) or p.name == f".{out.name}.v{keep}":
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap two names atomically (Linux `renameat2(RENAME_EXCHANGE)`); OSError where unsupported."""
+    fn = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if fn is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available", str(a))
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), str(a))
+
+
+def _point(out: Path, version: str) -> None:
+    """Make `out` a symlink to the sibling `version` in one atomic step for readers."""
+    link = out.with_name(f".{out.name}.link")
+    link.unlink(missing_ok=True)
+    os.symlink(version, link)  # relative: the rm folder can be moved or copied
+    _fsync_path(out.parent)  # the new version's name and the link are on disk before anyone can see them
+    if out.is_dir() and not out.is_symlink():  # a variant folder from before this layout
+        try:
+            _exchange(link, out)  # `out` is now the symlink, `link` the old folder
+        except OSError:  # no RENAME_EXCHANGE here: a reader may find `out` missing between these two renames
+            old = out.with_name(f".{out.name}.old")
+            os.rename(out, old)
+            os.replace(link, out)
+            shutil.rmtree(old)
+        else:
+            shutil.rmtree(link)
+    else:
+        os.replace(link, out)
+    _fsync_path(out.parent)
 
 
 def save_rm_checkpoint(
@@ -155,13 +260,48 @@ def save_rm_checkpoint(
     backbone_state: Mapping[str, torch.Tensor] | None = None,
     metrics: dict[str, Any] | None = None,
 ) -> Path:
-    """Write one variant folder atomically (tmp sibling + rename); returns its path."""
+    """Write a new version of the variant and swap it in atomically (see the module docstring); returns `out_dir`.
+
+    Readers of `out_dir` see the previous version until the new one is complete and on disk, then the new one;
+    never a missing or half-written checkpoint.
+    """
     out = Path(out_dir)
     if model is not None and model.bank.n_users != len(user_index):
         raise ValueError(f"bank has {model.bank.n_users} rows but user_index has {len(user_index)} users")
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    with _variant_lock(out):
+        cur = _current_version(out)
+        _sweep(out, keep=cur)  # leftovers of an interrupted save
+        n = (cur or 0) + 1
+        version = f".{out.name}.v{n}"
+        tmp = out.with_name(f"{version}.tmp")
+        tmp.mkdir()
+        _write_variant(tmp, variant=variant, head=head, feature_cfg=feature_cfg, embed_dim=embed_dim,
+                       user_index=user_index, contexts=contexts, population=population, model=model,
+                       training=training, backbone_state=backbone_state, metrics=metrics)
+        for f in tmp.iterdir():
+            _fsync_path(f)
+        _fsync_path(tmp)
+        os.rename(tmp, out.with_name(version))
+        _point(out, version)
+        _sweep(out, keep=n)  # the previous version: no new reader can reach it now
+    return out
+
+
+def _write_variant(
+    tmp: Path,
+    *,
+    variant: str,
+    head: RewardHead,
+    feature_cfg: FeatureConfig,
+    embed_dim: int,
+    user_index: list[str],
+    contexts: Mapping[str, UserContext],
+    population: UserContext,
+    model: PersonalizedHead | None,
+    training: dict[str, Any] | None,
+    backbone_state: Mapping[str, torch.Tensor] | None,
+    metrics: dict[str, Any] | None,
+) -> None:
     save_tensors(head.state_dict(), tmp / "head.safetensors")
     if model is not None:
         save_tensors(model.bank.state_dict(), tmp / "bank.safetensors")
@@ -203,20 +343,33 @@ def save_rm_checkpoint(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    if out.exists():
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(out)
-    return out
 
 
 def load_rm_checkpoint(variant_dir: str | Path) -> RMCheckpoint:
-    """Load a variant folder written by `save_rm_checkpoint` (safetensors + JSON only)."""
+    """Load a variant written by `save_rm_checkpoint` (safetensors + JSON only), every file from one version.
+
+    A save that completes while this reads deletes the version being read; the load then starts over on the new
+    version (at most `_READ_ATTEMPTS` times), so it returns the old or the new checkpoint, never a mix.
+    """
     d = Path(variant_dir)
+    pinned = d.resolve()
+    for _ in range(_READ_ATTEMPTS - 1):
+        try:
+            return _load_version(pinned)
+        except (FileNotFoundError, DataError):
+            now = d.resolve()
+            if now == pinned:  # not a concurrent swap: a real error
+                raise
+            pinned = now
+    return _load_version(pinned)
+
+
+def _load_version(d: Path) -> RMCheckpoint:
     mpath = d / MANIFEST
     if not mpath.is_file():
         raise DataError("not a reward-model checkpoint (manifest.json missing)", file=str(d))
-    manifest = json.loads(mpath.read_text())
+    raw = mpath.read_bytes()
+    manifest = json.loads(raw)
     if manifest.get("format_version") != FORMAT_VERSION:
         raise DataError(f"checkpoint format {manifest.get('format_version')!r} is not supported (want "
                         f"{FORMAT_VERSION!r})", file=str(mpath), field="format_version")
@@ -244,4 +397,4 @@ def load_rm_checkpoint(variant_dir: str | Path) -> RMCheckpoint:
                              vocab["population"])
     bpath = d / "backbone.safetensors"
     return RMCheckpoint(manifest, head, model, user_index, contexts, population,
-                        load_tensors(bpath) if bpath.is_file() else None)
+                        load_tensors(bpath) if bpath.is_file() else None, hashlib.sha256(raw).hexdigest())
