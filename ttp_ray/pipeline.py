@@ -70,7 +70,7 @@ def stage_generate(cfg: PipelineConfig, d: PipelineDatasetConfig) -> dict[str, A
 def stage_train(cfg: PipelineConfig, d: PipelineDatasetConfig) -> dict[str, Any]:
     from ttp_ray.training.run import run_train
 
-    return run_train(cfg.run_dir, d.name, cfg.training)
+    return run_train(cfg.run_dir, d.name, cfg.training_for(d))
 
 
 def stage_evaluate(cfg: PipelineConfig, d: PipelineDatasetConfig) -> dict[str, Any]:

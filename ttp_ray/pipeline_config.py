@@ -7,9 +7,9 @@ section of the pipeline YAML is exactly what that stage's job reads.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ttp_ray.config import StageConfig, load_config
 from ttp_ray.data.config import DatasetConfig
@@ -38,6 +38,10 @@ class PipelineDatasetConfig(DatasetConfig):
     simulated: SimulatedPolicyConfig = Field(default_factory=SimulatedPolicyConfig)
     optional: bool = Field(False, description="Skip (with a note) instead of failing when the input files are "
                            "missing — e.g. the shared commit data on a machine that does not have it.")
+    training: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides of the run's `training` section for this dataset only, "
+        "merged key by key (e.g. a pool-aware feature spec for a real task beside synthetic ones); validated as "
+        "a `training` section.")
 
 
 class RayConfig(StageConfig):
@@ -75,11 +79,36 @@ class PipelineConfig(StageConfig):
         # and Ray Train / Tune reject relative storage paths
         return v.expanduser().absolute()
 
+    @model_validator(mode="after")
+    def _check_dataset_training(self) -> PipelineConfig:
+        for d in self.datasets:
+            if d.training:
+                try:
+                    self.training_for(d)
+                except ValidationError as e:
+                    why = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+                    raise ValueError(f"datasets[{d.name!r}].training: {why}") from None
+        return self
+
+    def training_for(self, d: PipelineDatasetConfig) -> TrainingConfig:
+        """The `training` section with dataset `d`'s overrides merged in."""
+        if not d.training:
+            return self.training
+        return TrainingConfig.model_validate(merge_overrides(self.training.model_dump(), d.training))
+
     def dataset(self, name: str) -> PipelineDatasetConfig:
         for d in self.datasets:
             if d.name == name:
                 return d
         raise KeyError(f"no dataset named {name!r}; have {[d.name for d in self.datasets]}")
+
+
+def merge_overrides(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `over` merged in key by key (nested dicts merge, everything else replaces)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge_overrides(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def load_pipeline_config(path: str | Path | None, overrides: list[str] | None = None) -> PipelineConfig:

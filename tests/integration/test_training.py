@@ -37,12 +37,15 @@ def test_train_four_variants_with_deepspeed_and_score(ray_session, run_dir) -> N
         "global_stage": {"num_workers": 2, "zero_stage": 2, "epochs": 12, "batch_size": 32},
         "user_stage": {"epochs": 100},
         "user_stage_workers": 2,
+        "features": {"pool_blocks": ["consensus"]},  # whole-part reads, a linear pool term, pool weights in SCORES
     })
     summary = run_train(run_dir, "syn", cfg)
     assert summary["variants"] == {v: "trained" for v in VARIANTS}
     g = summary["global"]
     assert g["world_size"] == 2 and g["zero_stage"] == 2 and g["attempts"] == 1  # really DeepSpeed, 2 workers
     assert np.isfinite(g["global-det/val_mse"]) and np.isfinite(g["global-prob/val_nll"])
+    # each head early-stops on its own validation loss (issue 13, 4b)
+    assert 1 <= g["global-det/best_epoch"] <= 12 and 1 <= g["global-prob/best_epoch"] <= 12
 
     scores = pq.read_table(summary["scores"])
     assert scores.schema == SCORES
@@ -54,6 +57,7 @@ def test_train_four_variants_with_deepspeed_and_score(ray_session, run_dir) -> N
     assert (prob["sigma"] > 0).all() and (prob["sigma"] < 1.5).all()
     assert df[df["method"].str.endswith("det")]["sigma"].isna().all()
     assert not df["fallback"].any()
+    assert np.isfinite(df["pool_weight"]).all()  # every variant is pool-aware here
 
     gold = evalp.to_pandas()[["user_id", "query_id", "cand_idx", "rouge1"]]
     merged = df.merge(gold, on=["user_id", "query_id", "cand_idx"])

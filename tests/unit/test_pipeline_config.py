@@ -81,3 +81,27 @@ def test_pure_core_does_not_import_ray() -> None:
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_dataset_training_overrides_merge_into_that_dataset_only() -> None:
+    cfg = PipelineConfig.model_validate({
+        "training": {"seed": 3, "user_stage": {"epochs": 7}},
+        "datasets": [{"name": "syn"},
+                     {"name": "real", "training": {"features": {"blocks": [], "pool_blocks": ["consensus"]},
+                                                   "user_stage": {"num_layers": 0}}}]})
+    real, syn = cfg.training_for(cfg.dataset("real")), cfg.training_for(cfg.dataset("syn"))
+    assert real.features.pool_blocks == ["consensus"] and real.features.blocks == []
+    assert real.user_stage.num_layers == 0 and real.user_stage.epochs == 7 and real.seed == 3  # merged key by key
+    assert syn is cfg.training and syn.features.pool_blocks == []
+    assert real.head_config(probabilistic=True).linear_inputs == 1
+    # the commit configs ship the pool-aware RM
+    demo = load_pipeline_config(REPO / "ttp_ray" / "configs" / "demo.yaml")
+    assert demo.training_for(demo.dataset("commits")).features.pool_blocks == ["consensus"]
+
+
+def test_bad_dataset_training_override_names_the_dataset() -> None:
+    with pytest.raises(ValueError, match=r"datasets\['real'\]\.training.*pool_blocks"):
+        PipelineConfig.model_validate({"datasets": [{"name": "real", "training": {"features": {
+            "pool_blocks": ["nope"]}}}]})
+    with pytest.raises(ValueError, match="blocks must name at least one"):
+        PipelineConfig.model_validate({"datasets": [{"name": "real", "training": {"features": {"blocks": []}}}]})

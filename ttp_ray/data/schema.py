@@ -68,6 +68,7 @@ CANDIDATES = pa.schema(
 
 # One row per (candidate, reward model). `method` names the RM variant ("global-det", "user-prob", …).
 # `sigma` is null for deterministic heads. `fallback` is true when an unknown user was scored by the global RM.
+# `mu` is the score on the whole pool, as the endpoint returns it for a request holding that pool.
 SCORES = pa.schema(
     [
         pa.field("user_id", pa.string(), nullable=False),
@@ -77,6 +78,9 @@ SCORES = pa.schema(
         pa.field("mu", pa.float64(), nullable=False),
         pa.field("sigma", pa.float64(), nullable=True),
         pa.field("fallback", pa.bool_(), nullable=False),
+        # Pool-aware RMs only (null otherwise): μ on a subset S of the pool is mu + pool_weight · (consensus_S −
+        # consensus_pool), consensus = mean ROUGE-1 to the other candidates (ttp_ray.reward.pool).
+        pa.field("pool_weight", pa.float64(), nullable=True),
     ]
 )
 

@@ -31,8 +31,8 @@ from ttp_ray.evaluation.diagnostics import (
     query_correlation,
     user_correlation,
 )
-from ttp_ray.evaluation.subset_bon import mbr_subset_bon
-from ttp_ray.scoring.selectors import logprob_scores
+from ttp_ray.evaluation.subset_bon import subset_bon
+from ttp_ray.scoring.selectors import logprob_scores, mbr_from_matrix, pairwise_rouge
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +137,11 @@ def pools_from_tables(
     score_arrays: dict[str, np.ndarray] = {}
     fallback: dict[str, float] = {}
     if scores is not None and scores.num_rows:
-        score_arrays, fallback, ignored = _align_scores(
+        score_arrays, fallback, ignored, pool_weights = _align_scores(
             scores, users, qids, keys, keep_q, new_q, qk, c_sorted, scores_file)
         info["ignored_score_rows"] = ignored
+        if pool_weights:
+            info["_pool_weights"] = pool_weights
     # per-candidate columns the training-free selectors read, in pool order
     info["_candidate_columns"] = {c: candidates[c].to_numpy(zero_copy_only=False)[order]
                                   for c in ("text", "logprob", "num_tokens") if c in candidates.column_names}
@@ -165,8 +167,9 @@ def _align_scores(
     qk: np.ndarray,
     c_sorted: np.ndarray,
     file: str,
-) -> tuple[dict[str, np.ndarray], dict[str, float], int]:
-    """Scatter each method's `mu` onto the pools' candidate order (searchsorted on a combined int key)."""
+) -> tuple[dict[str, np.ndarray], dict[str, float], int, dict[str, np.ndarray]]:
+    """Scatter each method's `mu` (and `pool_weight`, for pool-aware RMs) onto the pools' candidate order
+    (searchsorted on a combined int key)."""
     _require(scores, ["user_id", "query_id", "cand_idx", "method", "mu"], file)
     method_code, methods_arr = _dict_codes(scores["method"])
     methods = [str(m) for m in methods_arr]
@@ -184,6 +187,7 @@ def _align_scores(
     ignored = int((~found).sum())
     cidx = scores["cand_idx"].to_numpy(zero_copy_only=False).astype(np.int64)
     mu = _float_col(scores, "mu")
+    pw = _float_col(scores, "pool_weight") if "pool_weight" in scores.column_names else None
     fb = (scores["fallback"].to_numpy(zero_copy_only=False).astype(bool) if "fallback" in scores.column_names
           else np.zeros(scores.num_rows, dtype=bool))
     c_min, width = int(c_sorted.min()), int(c_sorted.max() - c_sorted.min()) + 1
@@ -204,6 +208,12 @@ def _align_scores(
     vals = np.full(n_m * n, np.nan)
     vals[slot] = mu[rows]
     vals = vals.reshape(n_m, n)
+    wvals = None
+    if pw is not None:
+        wvals = np.full(n_m * n, np.nan)
+        wvals[slot] = pw[rows]
+        wvals = wvals.reshape(n_m, n)
+    pool_weights: dict[str, np.ndarray] = {}
     fb_share = np.bincount(mc, fb[rows].astype(np.float64), minlength=n_m) / np.maximum(np.bincount(mc, minlength=n_m), 1)
     out: dict[str, np.ndarray] = {}
     fallback: dict[str, float] = {}
@@ -224,7 +234,13 @@ def _align_scores(
                             record_id=f"{_record(kept, qk[i], users, qids)}/{c_sorted[i]}", field="mu")
         out[m] = vals[mi]
         fallback[m] = float(fb_share[mi])
-    return out, fallback, ignored
+        if wvals is not None and np.isfinite(wvals[mi]).any():
+            if not np.isfinite(wvals[mi]).all():
+                i = int(np.argmax(~np.isfinite(wvals[mi])))
+                raise DataError(f"method {m!r} has pool_weight on some candidates but not on all", file=file,
+                                record_id=f"{_record(kept, qk[i], users, qids)}/{c_sorted[i]}", field="pool_weight")
+            pool_weights[m] = wvals[mi]
+    return out, fallback, ignored, pool_weights
 
 
 def _record(kept_keys: np.ndarray, q: int, users: np.ndarray, qids: np.ndarray) -> str:
@@ -257,7 +273,8 @@ def pools_to_tables(pools: bon.Pools, *, mode: str = "eval") -> tuple[pa.Table, 
     }
     candidates = schema.conform(pa.table(cols), schema.CANDIDATES)
     parts = [pa.table({"user_id": users, "query_id": qids, "cand_idx": cand_idx, "method": pa.repeat(pa.scalar(m), n),
-                       "mu": s, "sigma": pa.nulls(n, pa.float64()), "fallback": pa.repeat(pa.scalar(False), n)})
+                       "mu": s, "sigma": pa.nulls(n, pa.float64()), "fallback": pa.repeat(pa.scalar(False), n),
+                       "pool_weight": pa.nulls(n, pa.float64())})
              for m, s in pools.scores.items()]
     scores = schema.conform(pa.concat_tables(parts), schema.SCORES) if parts else schema.empty(schema.SCORES)
     return candidates, scores
@@ -390,9 +407,12 @@ def build_report(candidates: pa.Table, scores: pa.Table, cfg: EvaluationConfig, 
     return finish_training_free(report, pools, cols, cfg)
 
 
-def with_training_free(pools: bon.Pools, info: dict[str, Any]) -> tuple[bon.Pools, dict[str, np.ndarray]]:
-    """Add the per-candidate training-free selectors to `pools.scores`; return the candidate columns too."""
+def with_training_free(pools: bon.Pools, info: dict[str, Any]) -> tuple[bon.Pools, dict[str, Any]]:
+    """Add the per-candidate training-free selectors to `pools.scores`; return the candidate columns too
+    (and, under "pool_weights", the pool-aware RMs' slopes)."""
     cols = info.pop("_candidate_columns", {})
+    if "_pool_weights" in info:
+        cols["pool_weights"] = info.pop("_pool_weights")
     free = training_free_scores(cols)
     if free:
         pools = dataclasses.replace(pools, scores={**pools.scores, **free})
@@ -401,12 +421,25 @@ def with_training_free(pools: bon.Pools, info: dict[str, Any]) -> tuple[bon.Pool
 
 def finish_training_free(report: dict, pools: bon.Pools, cols: dict[str, np.ndarray],
                          cfg: EvaluationConfig) -> dict:
-    """Mark the log-prob selectors as training-free (exact BoN) and add MBR (Monte Carlo over subsets)."""
+    """Mark the log-prob selectors as training-free (exact BoN), add MBR and re-evaluate pool-aware RMs (both
+    Monte Carlo over N-subsets: their scores depend on the subset)."""
     for m in ("logprob", "logprob-mean"):
         if m in report["methods"]:
             report["methods"][m].update(kind="training-free", evaluated="exact")
-    if "text" in cols and cfg.mbr_subsets > 0:
-        report["methods"]["mbr"] = _mbr_entry(report, pools, cols["text"], cfg)
+    pool_w = cols.get("pool_weights", {})
+    if "text" not in cols or cfg.mbr_subsets <= 0:
+        if pool_w:
+            raise DataError("pool-aware RMs need the candidates' texts and evaluation.mbr_subsets > 0 "
+                            f"(methods {sorted(pool_w)})", file="<candidates>", field="text")
+        return report
+    texts = list(cols["text"])
+    sims = [pairwise_rouge(texts[pools.offsets[q]:pools.offsets[q + 1]], cfg.mbr_metric)
+            for q in range(pools.n_queries)]
+    report["methods"]["mbr"] = _mbr_entry(report, pools, sims, cfg)
+    for m, w in pool_w.items():
+        report["methods"][m].update(_pool_rm_entry(report, pools, sims, pools.scores[m], w, cfg))
+        # the smooth exact curve was computed from whole-pool μ: plot the subset estimates at `ns` instead
+        report.get("_plot_data", {}).get("curves", {}).pop(m, None)
     return report
 
 
@@ -425,17 +458,42 @@ def training_free_scores(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             "logprob-mean": logprob_scores(lp, nt, per_token=True)}
 
 
-def _mbr_entry(report: dict, pools: bon.Pools, texts: np.ndarray, cfg: EvaluationConfig) -> dict[str, Any]:
+def _mbr_entry(report: dict, pools: bon.Pools, sims: list[np.ndarray], cfg: EvaluationConfig) -> dict[str, Any]:
     """MBR by Monte Carlo over N-subsets (its scores depend on the subset), with standard errors."""
-    ns = report["ns"]
+    mc = subset_bon(pools.golden, pools.offsets, report["ns"], lambda q, subs: mbr_from_matrix(sims[q], subs),
+                    n_subsets=cfg.mbr_subsets, seed=cfg.seed)
+    return _subset_entry(report, pools, mc, cfg, kind="training-free")
+
+
+def _pool_rm_entry(report: dict, pools: bon.Pools, sims: list[np.ndarray], mu: np.ndarray, w: np.ndarray,
+                   cfg: EvaluationConfig) -> dict[str, Any]:
+    """A pool-aware RM's Best-of-N by Monte Carlo over N-subsets: μ_S(c) = μ(c) + w(c)·(cons_S(c) − cons(c)),
+    exact for each subset because μ is affine in the consensus column (`ttp_ray.reward.pool`). Replaces the
+    exact-BoN curves the report computed from the whole-pool μ; diagnostics and the law keep whole-pool μ."""
+    offs = pools.offsets
+    base = [mu[offs[q]:offs[q + 1]] - w[offs[q]:offs[q + 1]] * mbr_from_matrix(sims[q]) for q in range(len(sims))]
+
+    def scorer(q: int, subs: np.ndarray) -> np.ndarray:
+        return base[q][subs] + w[offs[q]:offs[q + 1]][subs] * mbr_from_matrix(sims[q], subs)
+
+    mc = subset_bon(pools.golden, offs, report["ns"], scorer, n_subsets=cfg.mbr_subsets, seed=cfg.seed)
+    entry = _subset_entry(report, pools, mc, cfg, kind="rm")
+    entry["pool_aware"] = True
+    entry["montecarlo"] = None  # the exact-vs-Monte-Carlo cross-check applies to per-candidate scores only
+    return entry
+
+
+def _subset_entry(report: dict, pools: bon.Pools, mc: dict, cfg: EvaluationConfig, *, kind: str) -> dict[str, Any]:
     g0 = cfg.golden
     weights = bon.query_weights(pools.user_codes, cfg.aggregate)
-    entry: dict[str, Any] = {"kind": "training-free", "evaluated": f"montecarlo ({cfg.mbr_subsets} subsets)",
+    entry: dict[str, Any] = {"kind": kind, "evaluated": f"montecarlo ({cfg.mbr_subsets} subsets)",
                              "n_subsets": cfg.mbr_subsets, "bon": {}, "se": {}}
-    mc = mbr_subset_bon(list(texts), pools.golden, pools.offsets, ns, metric=cfg.mbr_metric,
-                        n_subsets=cfg.mbr_subsets, seed=cfg.seed)
+    uw, qw = bon.query_weights(pools.user_codes, "user"), bon.query_weights(pools.user_codes, "query")
+    entry["bon_query_mean"], entry["bon_user_mean"] = {}, {}
     for g, est in mc.items():
         entry["bon"][g], entry["se"][g] = est.aggregate(weights)
+        entry["bon_query_mean"][g] = est.aggregate(qw)[0]
+        entry["bon_user_mean"][g] = est.aggregate(uw)[0]
     u1 = report["methods"]["random"]["bon"][g0][0]
     scale = report["methods"]["oracle"]["bon"][g0][-1] - u1
     entry["oracle_gain_captured"] = float((entry["bon"][g0][-1] - u1) / scale) if scale > 0 else None

@@ -83,6 +83,7 @@ def render_seed_table(summary: Mapping[str, Any]) -> str:
 def run_seed_spread(cfg: Any, seeds: Sequence[int]) -> dict[str, Any]:
     """Run data + generate once in `cfg.run_dir`, then train + evaluate per seed; write `seeds/summary.{json,md}`."""
     from ttp_ray.pipeline import run_pipeline
+    from ttp_ray.pipeline_config import merge_overrides
 
     if not seeds:
         raise ValueError("give at least one seed")
@@ -91,10 +92,14 @@ def run_seed_spread(cfg: Any, seeds: Sequence[int]) -> dict[str, Any]:
     for s in seeds:
         sub = link_shared(cfg.run_dir, s)
         # every seed the RMs use: splits/initialisation/batch order of both stages
+        seeded = {"seed": int(s), "user_stage": {"seed": int(s)}}
         training = cfg.training.model_copy(update={
             "seed": int(s), "user_stage": cfg.training.user_stage.model_copy(update={"seed": int(s)})})
+        # the seeds win over any per-dataset training override too
+        datasets = [d.model_copy(update={"training": merge_overrides(d.training, seeded)}) if d.training else d
+                    for d in cfg.datasets]
         reports[s] = run_pipeline(cfg.model_copy(update={"run_dir": sub, "stages": ["train", "evaluate"],
-                                                         "training": training}))
+                                                         "training": training, "datasets": datasets}))
     summary = summarize_seeds(reports)
     out = Path(cfg.run_dir) / "seeds"
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -88,7 +88,7 @@ class PersonalizedHead(nn.Module):
         """(z, raw_global): the frozen parts, computed once per row when fitting the bank."""
         h = self.head.hidden(x)
         z = h if self.user_input == "hidden" else self.head.normalize(x)
-        return z, self.head.out(h)
+        return z, self.head.head_raw(h, self.head.pool_term(x))
 
     def from_rows(self, z: torch.Tensor, raw_global: torch.Tensor, rows: torch.Tensor) -> HeadOutput:
         """Head output from precomputed parts and per-sample bank rows (B, n_out·(k+2))."""

@@ -61,12 +61,19 @@ class FeatureConfig(StageConfig):
         "the cheap default). 'pair': one cross-encoder pass over query + candidate per candidate.",
     )
     blocks: list[str] | None = Field(
-        None, description=f"Feature blocks in order; None = the mode's default. Known: {list(ALL_BLOCKS)}."
+        None, description=f"Feature blocks in order; None = the mode's default. Known: {list(ALL_BLOCKS)}. [] with "
+        "`pool_blocks` = a pool-aware RM only (what `ttp_ray/configs/commits.yaml` uses: see docs/theory.md §3c).",
     )
     max_query_tokens: int = Field(128, ge=8, description="Truncation of query texts (tokens).")
     max_cand_tokens: int = Field(48, ge=4, description="Truncation of candidate and profile-output texts.")
     encode_batch_size: int = Field(128, ge=1, description="Texts per backbone forward pass.")
     query_cache_size: int = Field(4096, ge=0, description="Query embeddings kept in the LRU cache (0 = off).")
+    pool_blocks: list[Literal["consensus"]] = Field(
+        default_factory=list,
+        description="Pool-aware features, appended after `blocks`: computed from the other candidates of the "
+        "pool a candidate is selected among (`ttp_ray.reward.pool`); they enter μ linearly, so Best-of-N over "
+        "any N-subset stays exact. [] = per-candidate features only.",
+    )
 
     @model_validator(mode="after")
     def _check_blocks(self) -> FeatureConfig:
@@ -79,8 +86,10 @@ class FeatureConfig(StageConfig):
         pair_blocks = [b for b in blocks if b.startswith("pair")]
         if self.mode == "bi" and pair_blocks:
             raise ValueError(f"blocks {pair_blocks} need mode='pair' (a cross-encoder pass), got mode='bi'")
-        if not blocks:
-            raise ValueError("blocks must name at least one feature block")
+        if not blocks and not self.pool_blocks:
+            raise ValueError("blocks must name at least one feature block (or pool_blocks one pool block)")
+        if len(set(self.pool_blocks)) != len(self.pool_blocks):
+            raise ValueError(f"pool_blocks must not repeat, got {self.pool_blocks}")
         return self
 
     def resolved_blocks(self) -> list[str]:
@@ -100,6 +109,10 @@ class HeadConfig(StageConfig):
     var_floor: float = Field(1e-4, gt=0, description="Added to σ² so it never falls below this value.")
     probabilistic: bool = Field(True, description="Prob head (μ, σ²) trained with Gaussian NLL, else Det (μ, MSE).")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout in the trunk.")
+    linear_inputs: int = Field(
+        0, ge=0, description="Trailing feature columns (the pool-aware features) that bypass the trunk and enter "
+        "μ linearly, so μ stays affine in them and subset Best-of-N is exact.",
+    )
 
 
 class UserStageConfig(StageConfig):
@@ -159,9 +172,11 @@ class UserStageConfig(StageConfig):
     )
     seed: int = Field(0, description="Seed of the validation split and of the batch order.")
 
-    def head_config(self, *, probabilistic: bool | None = None) -> HeadConfig:
-        """The head architecture these settings describe (optionally overriding Det/Prob)."""
+    def head_config(self, *, probabilistic: bool | None = None, linear_inputs: int = 0) -> HeadConfig:
+        """The head architecture these settings describe (optionally overriding Det/Prob); `linear_inputs` =
+        the feature spec's pool columns (`len(FeatureConfig.pool_blocks)`)."""
         return HeadConfig(
+            linear_inputs=linear_inputs,
             hidden_dim=self.hidden_dim,
             num_layers=self.num_layers,
             variance=self.variance,

@@ -13,6 +13,10 @@ user's profile outputs, leave-one-out when q is itself a profile item):
                                               qtf_sum          Σ over c's distinct tokens of tf_q(t) / max tf_q
                                               qtf_mean         qtf_sum / #tokens(c)  (salient query words)
 
+Pool-aware blocks (`FeatureConfig.pool_blocks`, e.g. `consensus`) come last; they read the other candidates of
+the request (`ttp_ray.reward.pool`), or the precomputed `FeatureRequest.pool` when a request holds only part of
+a pool (a Ray Data batch boundary may split one).
+
 Tokens are ROUGE's tokens (`ttp_ray.scoring.rouge.tokenize`), so length and overlap speak the golden score's
 language. Only the candidate needs a backbone pass per request; query embeddings sit in an LRU cache and the
 user part is a `UserContext` built once from the profile (and stored in checkpoints for serving). A spec made
@@ -34,6 +38,7 @@ from tqdm.auto import tqdm
 
 from ttp_ray.reward.backbone import Backbone
 from ttp_ray.reward.config import STATIC_BLOCKS, VECTOR_BLOCKS, FeatureConfig
+from ttp_ray.reward.pool import pool_features
 from ttp_ray.scoring.rouge import tokenize
 
 __all__ = ["FeatureRequest", "Featurizer", "UserContext", "assemble", "feature_dim", "population_context"]
@@ -112,12 +117,15 @@ def population_context(contexts: Iterable[UserContext], max_tokens: int = 5000) 
 
 @dataclass
 class FeatureRequest:
-    """One query's candidates for one user. `exclude_item` = the profile item this pseudo-query came from."""
+    """One query's candidates for one user. `exclude_item` = the profile item this pseudo-query came from;
+    `pool` = (len(candidates), len(pool_blocks)) pool features computed over the whole pool (None: computed
+    from `candidates`, which must then be the whole pool)."""
 
     context: UserContext
     query: str
     candidates: Sequence[str]
     exclude_item: str | None = None
+    pool: np.ndarray | None = None
 
 
 def needs_backbone(cfg: FeatureConfig) -> bool:
@@ -126,7 +134,7 @@ def needs_backbone(cfg: FeatureConfig) -> bool:
 
 def feature_dim(cfg: FeatureConfig, embed_dim: int) -> int:
     blocks = cfg.resolved_blocks()
-    return sum(embed_dim if b in VECTOR_BLOCKS else 1 for b in blocks)
+    return sum(embed_dim if b in VECTOR_BLOCKS else 1 for b in blocks) + len(cfg.pool_blocks)
 
 
 def assemble(
@@ -282,4 +290,20 @@ class Featurizer:
             )
         if not cands:
             return torch.zeros(0, self.dim)
-        return assemble(self.blocks, cu=cu, scalars=scalars, e_c=e_c, e_q=e_q, h_pair=h_pair)
+        x = (assemble(self.blocks, cu=cu, scalars=scalars, e_c=e_c, e_q=e_q, h_pair=h_pair) if self.blocks
+             else torch.zeros(len(cands), 0))
+        if not self.cfg.pool_blocks:
+            return x
+        return torch.cat([x, self.pool_columns(requests)], dim=1)
+
+    def pool_columns(self, requests: Sequence[FeatureRequest]) -> torch.Tensor:
+        """(total candidates, len(pool_blocks)) pool-aware columns, from `r.pool` or each request's candidates."""
+        blocks = self.cfg.pool_blocks
+        parts = []
+        for r in requests:
+            p = r.pool if r.pool is not None else pool_features(r.candidates, blocks)
+            if np.shape(p) != (len(r.candidates), len(blocks)):
+                raise ValueError(f"FeatureRequest.pool must have shape ({len(r.candidates)}, {len(blocks)}), "
+                                 f"got {np.shape(p)}")
+            parts.append(torch.tensor(np.asarray(p, dtype=np.float32)))
+        return torch.cat(parts) if parts else torch.zeros(0, len(blocks))

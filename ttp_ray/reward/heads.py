@@ -1,9 +1,14 @@
 """Det and Prob reward heads on feature vectors.
 
-    x ─ standardise ─ trunk (num_layers × [Linear, GELU, Dropout]) ─ z ─ Linear ─ raw (B, 1) Det | (B, 2) Prob
+    x ─ standardise ─┬ x[:, :D−L] ─ trunk (num_layers × [Linear, GELU, Dropout]) ─ z ─ Linear ─ raw (B, 1|2)
+                     └ x[:, D−L:] (the L pool-aware columns) ─ Linear (no bias) ──────────────── + raw[:, 0]
                                                                                    μ = raw[:, 0]
                                                                                    σ² = floor + softplus(raw[:, 1])
                                                                                       | floor + exp(raw[:, 1])
+
+The L = `linear_inputs` pool-aware columns (`ttp_ray.reward.pool`) bypass the trunk and only move μ, linearly:
+μ is then affine in them, which is what lets Best-of-N over any N-subset be evaluated exactly from two numbers
+per candidate (`ttp_ray.reward.scorer.pool_slope`). σ² never reads them.
 
 Selection always uses μ; σ² exists to weight the training signal (Gaussian NLL). The standardisation statistics
 are buffers, so they travel with the weights in every checkpoint.
@@ -55,10 +60,13 @@ class RewardHead(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.in_dim = in_dim
+        self.n_linear = cfg.linear_inputs
+        if self.n_linear > in_dim:
+            raise ValueError(f"linear_inputs={self.n_linear} must not exceed the feature width {in_dim}")
         self.register_buffer("x_mean", torch.zeros(in_dim))
         self.register_buffer("x_std", torch.ones(in_dim))
         layers: list[nn.Module] = []
-        d = in_dim
+        d = in_dim - self.n_linear
         for _ in range(cfg.num_layers):
             layers += [nn.Linear(d, cfg.hidden_dim), nn.GELU()]
             if cfg.dropout > 0:
@@ -68,6 +76,9 @@ class RewardHead(nn.Module):
         self.hidden_dim = d
         self.n_out = 2 if cfg.probabilistic else 1
         self.out = nn.Linear(d, self.n_out)
+        self.pool = nn.Linear(self.n_linear, 1, bias=False) if self.n_linear else None
+        if self.pool is not None:
+            nn.init.zeros_(self.pool.weight)  # starts flat like `out`: the data decides the pool term's weight
 
     @property
     def probabilistic(self) -> bool:
@@ -89,6 +100,8 @@ class RewardHead(nn.Module):
         NLL then inflates σ² to cover it instead of fixing μ, so Prob heads ranked at random (measured here).
         """
         self.out.weight.zero_()
+        if self.pool is not None:
+            self.pool.weight.zero_()
         self.out.bias[0] = mu0
         if self.probabilistic and var0 is not None:
             self.out.bias[1] = var_to_raw(var0, self.cfg)
@@ -97,11 +110,24 @@ class RewardHead(nn.Module):
         return (x - self.x_mean) / self.x_std
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, hidden_dim) trunk output (the standardised input itself for a linear head)."""
-        return self.trunk(self.normalize(x))
+        """(B, hidden_dim) trunk output of the per-candidate columns (themselves, standardised, when linear)."""
+        return self.trunk(self.normalize(x)[:, : self.in_dim - self.n_linear])
+
+    def pool_term(self, x: torch.Tensor) -> torch.Tensor | None:
+        """(B,) the pool-aware columns' linear contribution to μ (None without pool columns)."""
+        if self.pool is None:
+            return None
+        return self.pool(self.normalize(x)[:, self.in_dim - self.n_linear :]).squeeze(-1)
+
+    def head_raw(self, h: torch.Tensor, pool_term: torch.Tensor | None) -> torch.Tensor:
+        """raw output from the trunk output `h` and the pool term."""
+        raw = self.out(h)
+        if pool_term is None:
+            return raw
+        return torch.cat([raw[:, :1] + pool_term.unsqueeze(-1), raw[:, 1:]], dim=1)
 
     def raw(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.hidden(x))
+        return self.head_raw(self.hidden(x), self.pool_term(x))
 
     def forward(self, x: torch.Tensor) -> HeadOutput:
         return raw_to_mu_var(self.raw(x), self.cfg)

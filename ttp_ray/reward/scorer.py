@@ -37,7 +37,12 @@ class ScoreResult:
 
 
 def resolve_variant_dir(rm_dir: str | Path, variant: str) -> Path:
-    """`rm_dir` is `{run_dir}/rm/{dataset}` (holding variant folders) or a variant folder itself."""
+    """`rm_dir` is `{run_dir}/rm/{dataset}` (holding variant folders) or a variant folder itself.
+
+    Returns the variant's stable name (a symlink to its current version, see `ttp_ray.training.checkpoint`), not
+    the version behind it: one file opened through it is always from one complete version, and
+    `load_rm_checkpoint` pins a single version for all of its files.
+    """
     rm_dir = Path(rm_dir)
     if (rm_dir / "manifest.json").is_file():
         return rm_dir
@@ -46,7 +51,8 @@ def resolve_variant_dir(rm_dir: str | Path, variant: str) -> Path:
                                  parameter="variant", value=variant)
     d = rm_dir / variant
     if not (d / "manifest.json").is_file():
-        have = sorted(p.name for p in rm_dir.iterdir() if (p / "manifest.json").is_file()) if rm_dir.is_dir() else []
+        have = sorted(p.name for p in rm_dir.iterdir()  # skip hidden names: the versions behind the variants
+                      if not p.name.startswith(".") and (p / "manifest.json").is_file()) if rm_dir.is_dir() else []
         raise TTPValidationError(f"no {variant!r} checkpoint under {rm_dir} (found {have})",
                                  parameter="rm_dir", value=str(rm_dir))
     return d
@@ -107,6 +113,28 @@ class RewardScorer:
         mu = out.mu.double().numpy()
         sigma = out.var.double().sqrt().numpy() if out.var is not None else None
         return mu, sigma
+
+    @property
+    def pool_aware(self) -> bool:
+        """True when μ reads pool-aware columns (`FeatureConfig.pool_blocks`)."""
+        return self.ckpt.head.n_linear > 0
+
+    @torch.no_grad()
+    def pool_slope(self, x: torch.Tensor, user_ids: Sequence[str]) -> np.ndarray | None:
+        """(n,) dμ/d(pool column) per row, None for per-candidate variants.
+
+        μ is affine in the pool column for every variant (the head routes it around the trunk; the user bank is
+        affine in its inputs), so two evaluations give the exact slope, and μ on any subset S of the pool is
+        μ + slope · (consensus_S − consensus_pool) — what subset Best-of-N evaluation needs.
+        """
+        if not self.pool_aware:
+            return None
+        if self.ckpt.head.n_linear != 1:
+            raise TTPValidationError("pool_slope supports one pool block", parameter="pool_blocks",
+                                     value=self.ckpt.head.n_linear)
+        lo, hi = x.clone(), x.clone()
+        lo[:, -1], hi[:, -1] = 0.0, 1.0
+        return self.score_features(hi, user_ids)[0] - self.score_features(lo, user_ids)[0]
 
     def score_batch(self, requests: Sequence[tuple[str, str, Sequence[str]]]) -> list[ScoreResult]:
         """Score many (user_id, query, candidates) requests with one backbone pass and one head pass."""

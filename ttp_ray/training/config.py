@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from ttp_ray.config import StageConfig
-from ttp_ray.reward.config import FeatureConfig, UserStageConfig
+from ttp_ray.reward.config import FeatureConfig, HeadConfig, UserStageConfig
 
 __all__ = ["VARIANTS", "FeatureJobConfig", "GlobalStageConfig", "TrainingConfig", "UserStageConfig"]
 
@@ -89,4 +89,13 @@ class TrainingConfig(StageConfig):
             raise ValueError(f"variants must not repeat, got {self.variants}")
         if self.global_stage.backbone_mode != "frozen" and self.features.mode == "pair":
             raise ValueError("backbone_mode 'lora'/'full' is implemented for features.mode='bi' only")
+        if self.global_stage.backbone_mode != "frozen" and self.features.pool_blocks:
+            raise ValueError("features.pool_blocks is implemented for backbone_mode='frozen' only; set "
+                             "features.pool_blocks=[] to tune the backbone")
         return self
+
+    def head_config(self, *, probabilistic: bool) -> HeadConfig:
+        """The head both stages train: `user_stage`'s architecture, with the feature spec's pool columns
+        entering μ linearly."""
+        return self.user_stage.head_config(probabilistic=probabilistic,
+                                           linear_inputs=len(self.features.pool_blocks))

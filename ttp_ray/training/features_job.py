@@ -8,6 +8,10 @@ golden columns next to a fixed-size-list `features` column:
     user_id, query_id, cand_idx, mode, rouge1, rougeL, features: fixed_size_list<float32>[D]
 
 `rm_train` rows use leave-one-out user contexts (the pseudo-query's own profile item is excluded).
+
+With pool-aware feature blocks (`FeatureConfig.pool_blocks`) the candidates are read one whole part file per
+task (`read_pool_parts`): the generation store keeps every candidate of a query in one part, so each pool is
+whole there and its pool column is computed over all of it, whatever batch boundaries come later.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 from ttp_ray.errors import DataError
 from ttp_ray.reward.config import FeatureConfig
 from ttp_ray.reward.features import FeatureRequest, Featurizer, UserContext
+from ttp_ray.reward.pool import pool_features_by_offsets, pool_offsets
 
 __all__ = [
     "FEATURE_KEYS",
@@ -33,7 +38,10 @@ __all__ = [
     "compute_features",
     "compute_static_table",
     "features_matrix",
+    "pool_matrix",
     "read_feature_table",
+    "read_pool_parts",
+    "with_pool_column",
     "run_features_job",
 ]
 
@@ -62,6 +70,7 @@ def _requests(candidates: pa.Table, contexts: Mapping[str, UserContext], populat
     if missing:
         raise DataError(f"candidate table lacks columns {missing}", file=file)
     cols = {c: candidates[c].to_pylist() for c in ("user_id", "query_id", "mode", "query_text", "text")}
+    pool = pool_matrix(candidates)
     requests: list[FeatureRequest] = []
     n = candidates.num_rows
     i = 0
@@ -76,7 +85,8 @@ def _requests(candidates: pa.Table, contexts: Mapping[str, UserContext], populat
                 raise DataError(f"user {u!r} has no profile context", file=file, record_id=q, field="user_id")
             ctx = population
         exclude = q if cols["mode"][i] == "rm_train" else None  # leave-one-out for pseudo-queries
-        requests.append(FeatureRequest(ctx, cols["query_text"][i], cols["text"][i:j], exclude))
+        requests.append(FeatureRequest(ctx, cols["query_text"][i], cols["text"][i:j], exclude,
+                                       pool=pool[i:j] if pool is not None else None))
         i = j
     return requests
 
@@ -116,6 +126,52 @@ def compute_static_table(
         (0, len(STATIC_SCALARS)), np.float32)
     out = candidates.select([*FEATURE_KEYS, "query_text", "text"])
     return out.append_column("cu", _fixed_list(cu.numpy())).append_column("scalars", _fixed_list(scalars))
+
+
+def pool_matrix(table: pa.Table) -> np.ndarray | None:
+    """(rows, P) the precomputed `pool` column (whole-pool features), or None when the table has none."""
+    if "pool" not in table.column_names:
+        return None
+    col = table["pool"].combine_chunks()
+    width = col.type.list_size
+    return col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), width) if len(col) else np.zeros((0, width))
+
+
+def with_pool_column(table: pa.Table, blocks: list[str], *, file: str = "<candidates>") -> pa.Table:
+    """`table` sorted by (user, query, candidate) plus its `pool` column, each pool taken whole from `table`.
+
+    Raises DataError when a pool is visibly incomplete (its candidate indices are not 0..n-1).
+    """
+    t = table.sort_by([("user_id", "ascending"), ("query_id", "ascending"), ("cand_idx", "ascending")])
+    users, queries = t["user_id"].to_pylist(), t["query_id"].to_pylist()
+    off = pool_offsets(users, queries)
+    cidx = t["cand_idx"].to_numpy(zero_copy_only=False)
+    for lo, hi in zip(off[:-1], off[1:], strict=True):
+        if not np.array_equal(cidx[lo:hi], np.arange(hi - lo)):
+            raise DataError("pool-aware features need whole pools, but this pool's candidates are not 0..n-1 "
+                            f"(got {cidx[lo:hi].tolist()[:8]}...)", file=file,
+                            record_id=f"{users[lo]}/{queries[lo]}", field="cand_idx")
+    pool = pool_features_by_offsets(t["text"].to_pylist(), off, blocks)
+    return t.append_column("pool", _fixed_list(pool.reshape(t.num_rows, len(blocks))))
+
+
+def _read_whole_parts(batch: dict[str, np.ndarray], columns: list[str], blocks: list[str]) -> pa.Table:
+    """Ray Data task: a batch of part-file paths -> their rows with the whole-pool `pool` column."""
+    return pa.concat_tables([with_pool_column(pq.read_table(str(p), columns=columns), blocks, file=str(p))
+                             for p in batch["path"]])
+
+
+def read_pool_parts(files: list[str], columns: list[str], pool_blocks: list[str]) -> Any:
+    """A Ray Dataset of the candidate rows of `files` (`columns`), plus a whole-pool `pool` column when
+    `pool_blocks` is non-empty (one task reads whole part files; see the module docstring)."""
+    import ray
+
+    if not pool_blocks:
+        return ray.data.read_parquet(files, columns=columns)
+    cols = list(dict.fromkeys([*columns, "user_id", "query_id", "cand_idx", "text"]))
+    return ray.data.from_items([{"path": f} for f in files]).map_batches(
+        _read_whole_parts, fn_kwargs={"columns": cols, "blocks": list(pool_blocks)}, batch_size=1,
+        batch_format="numpy", num_cpus=0.5)
 
 
 def features_matrix(table: pa.Table) -> np.ndarray:
@@ -194,7 +250,7 @@ def run_features_job(
         raise DataError("no part-*.parquet candidate files", file=str(candidates_dir))
     profile_ref = ray.put(profile.select(["user_id", "item_id", "output"]))
     state_ref = ray.put(dict(backbone_state)) if backbone_state else None
-    ds = ray.data.read_parquet(files, columns=_NEEDED)
+    ds = read_pool_parts(files, _NEEDED, list(feature_cfg.pool_blocks))
     ds = ds.map_batches(
         FeatureUDF,
         fn_constructor_kwargs={"feature_cfg": feature_cfg.model_dump(), "profile_ref": profile_ref,

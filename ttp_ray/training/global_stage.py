@@ -268,7 +268,9 @@ def _ds_config(gcfg: GlobalStageConfig, world: int) -> dict[str, Any]:
         "train_micro_batch_size_per_gpu": gcfg.batch_size,
         "train_batch_size": gcfg.batch_size * max(world, 1),
         "gradient_accumulation_steps": 1,
-        "gradient_clipping": 1.0,
+        # Heads on frozen features are independent problems: a global-norm clip would couple Det and Prob (and
+        # the in-process trainer does not clip). A shared tuned backbone keeps the usual clip.
+        "gradient_clipping": 1.0 if gcfg.backbone_mode != "frozen" else 0.0,
         "zero_optimization": {"stage": gcfg.zero_stage},
         "zero_allow_untested_optimizer": True,  # a client torch AdamW (no fused CPU op to build)
         "steps_per_print": 1 << 30,
@@ -276,9 +278,12 @@ def _ds_config(gcfg: GlobalStageConfig, world: int) -> dict[str, Any]:
 
 
 def _losses(raws: dict[str, torch.Tensor], g: torch.Tensor, head_cfgs: dict[str, HeadConfig],
-            beta: float) -> torch.Tensor:
+            beta: float, active: set[str] | None = None) -> torch.Tensor:
+    """Sum of the heads' mean losses (only `active` heads: a head that early-stopped trains no further)."""
     total = torch.zeros(())
     for name, raw in raws.items():
+        if active is not None and name not in active:
+            continue
         out = raw_to_mu_var(raw, head_cfgs[name])
         total = total + head_loss(out.mu, out.var, g, beta).mean()
     return total
@@ -293,8 +298,13 @@ def _global_train_loop(loop_cfg: dict[str, Any]) -> None:
     gcfg = GlobalStageConfig.model_validate(loop_cfg["global_cfg"])
     head_cfgs = {k: HeadConfig.model_validate(v) for k, v in loop_cfg["head_cfgs"].items()}
     model = _build_model(loop_cfg)
-    state: dict[str, Any] = {"epoch": 0, "best_val": math.inf, "best_epoch": 0, "bad": 0, "history": [],
-                             "attempts": 0}
+    # Early stopping: per head on its own validation loss when the heads share nothing (frozen features), so
+    # Det and Prob each keep their own best epoch (as `fit_global_head` does); on their summed loss when they
+    # share a tuned backbone.
+    per_head = gcfg.backbone_mode == "frozen"
+    units = list(head_cfgs) if per_head else ["all"]
+    state: dict[str, Any] = {"epoch": 0, "history": [], "attempts": 0,
+                             "stop": {u: {"best_val": math.inf, "best_epoch": 0, "bad": 0} for u in units}}
     restored_from, optim_dir = -1, None
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:  # a restart after a failure: continue from the last reported epoch
@@ -339,7 +349,8 @@ def _global_train_loop(loop_cfg: dict[str, Any]) -> None:
         for s in range(0, n, gcfg.batch_size):
             tb = _rows(train, perm[s : s + gcfg.batch_size])
             raws = engine(tb) if engine is not None else model(tb)
-            loss = _losses(raws, tb["golden"], head_cfgs, gcfg.beta_nll)
+            active = {h for h in head_cfgs if not per_head or state["stop"][h]["bad"] < gcfg.patience}
+            loss = _losses(raws, tb["golden"], head_cfgs, gcfg.beta_nll, active)
             if engine is not None:
                 engine.backward(loss)
                 engine.step()
@@ -358,16 +369,23 @@ def _global_train_loop(loop_cfg: dict[str, Any]) -> None:
                 m = _val_metric(raw, val["golden"], head_cfgs[name])
                 metrics.update({f"{name}/{k}": v for k, v in m.items()})
                 val_loss += m["val_loss"]
-            metrics["val_loss"] = val_loss  # the early-stopping criterion: sum over heads
-        val_crit = metrics.get("val_loss", -epoch)  # no validation rows: the last epoch wins
-        if val_crit < state["best_val"]:
-            state.update(best_val=val_crit, best_epoch=epoch, bad=0)
-            best = model.trainable_state()
-        else:
-            state["bad"] += 1
+            metrics["val_loss"] = val_loss  # sum over heads (the criterion when they share a backbone)
+        current = model.trainable_state()
+        for u, st in state["stop"].items():
+            if st["bad"] >= gcfg.patience:
+                continue  # this head stopped: its best weights are kept
+            crit = metrics.get("val_loss" if u == "all" else f"{u}/val_loss", -epoch)  # no val rows: last epoch
+            if crit < st["best_val"]:
+                st.update(best_val=crit, best_epoch=epoch, bad=0)
+                prefix = "" if u == "all" else f"heads.{u}."
+                best.update({k: v for k, v in current.items() if k.startswith(prefix)})
+            else:
+                st["bad"] += 1
         state["epoch"] = epoch
+        state["best_epoch"] = max(st["best_epoch"] for st in state["stop"].values())
         state["history"].append({k: float(v) for k, v in metrics.items()})
-        stop = state["bad"] >= gcfg.patience or epoch == gcfg.epochs
+        stop = all(st["bad"] >= gcfg.patience for st in state["stop"].values()) or epoch == gcfg.epochs
+        metrics.update({f"{u}/best_epoch": st["best_epoch"] for u, st in state["stop"].items() if u != "all"})
         metrics.update(start_epoch=start, restored_from=restored_from, attempts=state["attempts"],
                        best_epoch=state["best_epoch"], done=stop, world_size=world,
                        zero_stage=gcfg.zero_stage if engine is not None else -1)
@@ -416,8 +434,9 @@ def run_global_stage(
     `query_text`, `text`, `cu`, `scalars` (LoRA/full backbone, shared by the heads). Every worker wraps the model
     with `deepspeed.initialize` (`cfg.zero_stage`), checkpoints each epoch (safetensors: weights, best weights,
     its AdamW shard; JSON: epoch, early-stopping state) and, after a worker failure, resumes from
-    `ray.train.get_checkpoint()` (`FailureConfig(max_failures=cfg.max_failures)`). Early stopping watches the
-    sum of the heads' validation losses; the returned weights are those of the best epoch.
+    `ray.train.get_checkpoint()` (`FailureConfig(max_failures=cfg.max_failures)`). On frozen features each head
+    early-stops on its own validation loss and keeps its own best epoch; heads sharing a tuned backbone stop on
+    the sum of their losses.
     """
     import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig

@@ -37,6 +37,7 @@ from ttp_ray.training.features_job import (
     features_matrix,
     read_feature_table,
     run_features_job,
+    with_pool_column,
 )
 from ttp_ray.training.global_stage import FaultInjection, fit_global_head, run_global_stage
 from ttp_ray.training.user_stage import fit_user_stage, run_user_stage, sort_rows, split_by_query
@@ -103,6 +104,8 @@ def train_reward_models_local(
     fz = featurizer or Featurizer.from_config(cfg.features)
     contexts = build_contexts(fz, profile, progress=progress)
     population = population_context(contexts.values())
+    if cfg.features.pool_blocks:  # whole pools, contiguous, whatever order the caller's table has
+        candidates = with_pool_column(candidates, list(cfg.features.pool_blocks))
     ft = compute_features(fz, candidates, contexts, population)
     x = features_matrix(ft)
     g = ft[cfg.golden].to_numpy(zero_copy_only=False).astype(np.float32)
@@ -118,7 +121,7 @@ def train_reward_models_local(
     common = {"feature_cfg": cfg.features, "embed_dim": fz.embed_dim, "user_index": user_index,
               "contexts": _strip(contexts), "population": population}
     for prob in _needed_heads(cfg.variants):
-        head_cfg = cfg.user_stage.head_config(probabilistic=prob)
+        head_cfg = cfg.head_config(probabilistic=prob)
         gfit = fit_global_head(x, g, val_mask, head_cfg, cfg.global_stage, seed=cfg.seed, progress=progress)
         gv = _global_variant(prob)
         if gv in cfg.variants:
@@ -311,7 +314,7 @@ def _global(cfg: TrainingConfig, needed: dict[str, bool], cand_dir: Path, profil
     import ray
 
     gs = cfg.global_stage
-    head_cfgs = {gv: cfg.user_stage.head_config(probabilistic=prob) for gv, prob in needed.items()}
+    head_cfgs = {gv: cfg.head_config(probabilistic=prob) for gv, prob in needed.items()}
     population = population_context(contexts.values())
     if gs.backbone_mode == "frozen":
         stats = _train_stats(frozen_dir, val_keys, cfg.golden)

@@ -20,6 +20,7 @@ from ttp_ray.data.schema import SCORES
 from ttp_ray.errors import DataError
 from ttp_ray.reward.features import FeatureRequest, Featurizer
 from ttp_ray.reward.scorer import RewardScorer, resolve_variant_dir
+from ttp_ray.training.features_job import pool_matrix, read_pool_parts
 
 __all__ = ["ScoreUDF", "load_scorers", "run_scoring_job", "score_table"]
 
@@ -53,6 +54,7 @@ def score_table(scorers: Sequence[RewardScorer], candidates: pa.Table) -> pa.Tab
     qtext = candidates["query_text"].to_pylist()
     texts = candidates["text"].to_pylist()
     n = len(users)
+    pool = pool_matrix(candidates)
     parts: list[pa.Table] = []
     feats: dict[int, np.ndarray] = {}
     for sc in scorers:
@@ -64,10 +66,11 @@ def score_table(scorers: Sequence[RewardScorer], candidates: pa.Table) -> pa.Tab
                 while j < n and users[j] == users[i] and queries[j] == queries[i]:
                     j += 1
                 ctx = sc.ckpt.contexts.get(users[i], sc.ckpt.population)
-                reqs.append(FeatureRequest(ctx, qtext[i], texts[i:j]))
+                reqs.append(FeatureRequest(ctx, qtext[i], texts[i:j], pool=pool[i:j] if pool is not None else None))
                 i = j
             feats[key] = sc.featurizer.features(reqs)
         mu, sigma = sc.score_features(feats[key], users)
+        slope = sc.pool_slope(feats[key], users)
         fallback = [u not in sc.known_users for u in users]
         parts.append(pa.table({
             "user_id": candidates["user_id"],
@@ -77,6 +80,7 @@ def score_table(scorers: Sequence[RewardScorer], candidates: pa.Table) -> pa.Tab
             "mu": pa.array(mu, pa.float64()),
             "sigma": pa.array(sigma, pa.float64()) if sigma is not None else pa.nulls(n, pa.float64()),
             "fallback": pa.array(fallback, pa.bool_()),
+            "pool_weight": pa.array(slope, pa.float64()) if slope is not None else pa.nulls(n, pa.float64()),
         }, schema=SCORES))
     return pa.concat_tables(parts) if parts else SCORES.empty_table()
 
@@ -89,6 +93,15 @@ class ScoreUDF:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return score_table(self.scorers, batch)
+
+
+def pool_blocks(rm_dir: str | Path, variants: Sequence[str]) -> list[str]:
+    """The pool-aware blocks the variants read (they share one feature spec per run); [] when none."""
+    blocks: list[str] = []
+    for v in variants:
+        spec = json.loads((resolve_variant_dir(rm_dir, v) / "manifest.json").read_text())["feature_spec"]
+        blocks = blocks or list(spec["config"].get("pool_blocks", []))
+    return blocks
 
 
 def run_scoring_job(
@@ -109,7 +122,7 @@ def run_scoring_job(
     files = sorted(str(p) for p in Path(candidates_dir).glob("part-*.parquet"))
     if not files:
         raise DataError("no part-*.parquet candidate files", file=str(candidates_dir))
-    ds = ray.data.read_parquet(files, columns=_NEEDED).map_batches(
+    ds = read_pool_parts(files, _NEEDED, pool_blocks(rm_dir, variants)).map_batches(
         ScoreUDF,
         fn_constructor_kwargs={"rm_dir": str(rm_dir), "variants": list(variants)},
         batch_size=batch_size,

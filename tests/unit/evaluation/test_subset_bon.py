@@ -100,3 +100,36 @@ def test_beta_claim_not_measurable_when_every_user_has_one_query() -> None:
     assert by_claim["Prob mitigates collapse (alpha: Prob <= Det)"]["passed"] is True
     report["data"]["queries"] = 10  # two queries per user: measurable again
     assert {c["claim"]: c for c in check_claims(report)}["Prob mitigates hacking (beta: Prob <= Det)"]["passed"]
+
+
+def _brute_force_pool_rm(texts: list[str], gold: np.ndarray, base: np.ndarray, w: np.ndarray, n: int) -> float:
+    """Exact expected golden of a pool-aware RM's pick (μ_S = base + w·consensus_S) over all N-subsets."""
+    sim = pairwise_rouge(texts)
+    vals = []
+    for sub in itertools.combinations(range(len(texts)), n):
+        idx = np.array(sub)
+        s = base[idx] + w[idx] * mbr_from_matrix(sim, idx)
+        vals.append(gold[idx[np.flatnonzero(s == s.max())]].mean())
+    return float(np.mean(vals))
+
+
+def test_pool_aware_rm_is_evaluated_on_each_subset_against_brute_force() -> None:
+    """SCORES rows with `pool_weight` are re-scored on every sampled subset (not ranked by whole-pool μ)."""
+    n = len(TEXTS)
+    base = np.array([0.0, 0.3, 0.1, -0.2, 0.05, 0.2])
+    w = np.array([1.5, 0.5, 1.0, 2.0, 1.0, 0.8])
+    mu_full = base + w * mbr_scores(TEXTS)  # what the endpoint returns for the whole pool
+    cands = pa.table({"user_id": ["u"] * n, "query_id": ["q1"] * n, "cand_idx": list(range(n)),
+                      "mode": ["eval"] * n, "text": TEXTS, "rouge1": list(GOLD), "rougeL": list(GOLD)})
+    scores = pa.table({"user_id": ["u"] * n, "query_id": ["q1"] * n, "cand_idx": list(range(n)),
+                       "method": ["user-prob"] * n, "mu": list(mu_full), "sigma": [0.1] * n,
+                       "fallback": [False] * n, "pool_weight": list(w)})
+    cfg = EvaluationConfig(ns=[1, 2, 3, 6], mbr_subsets=3000, allocation={"enabled": False}, plots=False)
+    entry = build_report(cands, scores, cfg, dataset="toy")["methods"]["user-prob"]
+    assert entry["pool_aware"] is True and "montecarlo" in entry["evaluated"]
+    for k, nn in enumerate([1, 2, 3, 6]):
+        exact = _brute_force_pool_rm(TEXTS, GOLD, base, w, nn)
+        assert abs(entry["bon"]["rouge1"][k] - exact) <= 4 * entry["se"]["rouge1"][k] + 1e-12
+    # at N = 2 both members have the same consensus: the pick is base + w·s, not whole-pool μ's order
+    assert _brute_force_pool_rm(TEXTS, GOLD, base, w, 2) != pytest.approx(
+        _brute_force_pool_rm(TEXTS, GOLD, mu_full, np.zeros(n), 2))
