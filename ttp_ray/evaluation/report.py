@@ -137,11 +137,13 @@ def pools_from_tables(
     score_arrays: dict[str, np.ndarray] = {}
     fallback: dict[str, float] = {}
     if scores is not None and scores.num_rows:
-        score_arrays, fallback, ignored, pool_weights = _align_scores(
+        score_arrays, fallback, ignored, extra = _align_scores(
             scores, users, qids, keys, keep_q, new_q, qk, c_sorted, scores_file)
         info["ignored_score_rows"] = ignored
-        if pool_weights:
-            info["_pool_weights"] = pool_weights
+        if extra["pool_weight"]:
+            info["_pool_weights"] = extra["pool_weight"]
+        if extra["sigma"]:
+            info["_sigmas"] = extra["sigma"]
     # per-candidate columns the training-free selectors read, in pool order
     info["_candidate_columns"] = {c: candidates[c].to_numpy(zero_copy_only=False)[order]
                                   for c in ("text", "logprob", "num_tokens") if c in candidates.column_names}
@@ -167,9 +169,9 @@ def _align_scores(
     qk: np.ndarray,
     c_sorted: np.ndarray,
     file: str,
-) -> tuple[dict[str, np.ndarray], dict[str, float], int, dict[str, np.ndarray]]:
-    """Scatter each method's `mu` (and `pool_weight`, for pool-aware RMs) onto the pools' candidate order
-    (searchsorted on a combined int key)."""
+) -> tuple[dict[str, np.ndarray], dict[str, float], int, dict[str, dict[str, np.ndarray]]]:
+    """Scatter each method's `mu` (and, where a method has them, `sigma` and `pool_weight`) onto the pools'
+    candidate order (searchsorted on a combined int key)."""
     _require(scores, ["user_id", "query_id", "cand_idx", "method", "mu"], file)
     method_code, methods_arr = _dict_codes(scores["method"])
     methods = [str(m) for m in methods_arr]
@@ -187,7 +189,7 @@ def _align_scores(
     ignored = int((~found).sum())
     cidx = scores["cand_idx"].to_numpy(zero_copy_only=False).astype(np.int64)
     mu = _float_col(scores, "mu")
-    pw = _float_col(scores, "pool_weight") if "pool_weight" in scores.column_names else None
+    optional = {c: _float_col(scores, c) for c in ("pool_weight", "sigma") if c in scores.column_names}
     fb = (scores["fallback"].to_numpy(zero_copy_only=False).astype(bool) if "fallback" in scores.column_names
           else np.zeros(scores.num_rows, dtype=bool))
     c_min, width = int(c_sorted.min()), int(c_sorted.max() - c_sorted.min()) + 1
@@ -208,12 +210,12 @@ def _align_scores(
     vals = np.full(n_m * n, np.nan)
     vals[slot] = mu[rows]
     vals = vals.reshape(n_m, n)
-    wvals = None
-    if pw is not None:
-        wvals = np.full(n_m * n, np.nan)
-        wvals[slot] = pw[rows]
-        wvals = wvals.reshape(n_m, n)
-    pool_weights: dict[str, np.ndarray] = {}
+    opt_vals = {}
+    for c, col in optional.items():
+        v = np.full(n_m * n, np.nan)
+        v[slot] = col[rows]
+        opt_vals[c] = v.reshape(n_m, n)
+    extra: dict[str, dict[str, np.ndarray]] = {"pool_weight": {}, "sigma": {}}
     fb_share = np.bincount(mc, fb[rows].astype(np.float64), minlength=n_m) / np.maximum(np.bincount(mc, minlength=n_m), 1)
     out: dict[str, np.ndarray] = {}
     fallback: dict[str, float] = {}
@@ -234,13 +236,15 @@ def _align_scores(
                             record_id=f"{_record(kept, qk[i], users, qids)}/{c_sorted[i]}", field="mu")
         out[m] = vals[mi]
         fallback[m] = float(fb_share[mi])
-        if wvals is not None and np.isfinite(wvals[mi]).any():
-            if not np.isfinite(wvals[mi]).all():
-                i = int(np.argmax(~np.isfinite(wvals[mi])))
-                raise DataError(f"method {m!r} has pool_weight on some candidates but not on all", file=file,
-                                record_id=f"{_record(kept, qk[i], users, qids)}/{c_sorted[i]}", field="pool_weight")
-            pool_weights[m] = wvals[mi]
-    return out, fallback, ignored, pool_weights
+        for c, v in opt_vals.items():  # all or nothing per method
+            if not np.isfinite(v[mi]).any():
+                continue
+            if not np.isfinite(v[mi]).all():
+                i = int(np.argmax(~np.isfinite(v[mi])))
+                raise DataError(f"method {m!r} has {c} on some candidates but not on all", file=file,
+                                record_id=f"{_record(kept, qk[i], users, qids)}/{c_sorted[i]}", field=c)
+            extra[c][m] = v[mi]
+    return out, fallback, ignored, extra
 
 
 def _record(kept_keys: np.ndarray, q: int, users: np.ndarray, qids: np.ndarray) -> str:
@@ -413,6 +417,8 @@ def with_training_free(pools: bon.Pools, info: dict[str, Any]) -> tuple[bon.Pool
     cols = info.pop("_candidate_columns", {})
     if "_pool_weights" in info:
         cols["pool_weights"] = info.pop("_pool_weights")
+    if "_sigmas" in info:
+        cols["sigmas"] = info.pop("_sigmas")
     free = training_free_scores(cols)
     if free:
         pools = dataclasses.replace(pools, scores={**pools.scores, **free})
@@ -426,6 +432,9 @@ def finish_training_free(report: dict, pools: bon.Pools, cols: dict[str, np.ndar
     for m in ("logprob", "logprob-mean"):
         if m in report["methods"]:
             report["methods"][m].update(kind="training-free", evaluated="exact")
+    for m, sigma in cols.get("sigmas", {}).items():
+        if m in report["methods"]:
+            report["methods"][m]["calibration"] = calibration(pools.scores[m], sigma, pools.golden[cfg.golden])
     pool_w = cols.get("pool_weights", {})
     if "text" not in cols or cfg.mbr_subsets <= 0:
         if pool_w:
@@ -438,6 +447,7 @@ def finish_training_free(report: dict, pools: bon.Pools, cols: dict[str, np.ndar
     report["methods"]["mbr"] = _mbr_entry(report, pools, sims, cfg)
     for m, w in pool_w.items():
         report["methods"][m].update(_pool_rm_entry(report, pools, sims, pools.scores[m], w, cfg))
+        report["methods"][m].pop("montecarlo", None)  # the exact-vs-draws cross-check is for per-candidate scores
         # the smooth exact curve was computed from whole-pool μ: plot the subset estimates at `ns` instead
         report.get("_plot_data", {}).get("curves", {}).pop(m, None)
     return report
@@ -458,11 +468,24 @@ def training_free_scores(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             "logprob-mean": logprob_scores(lp, nt, per_token=True)}
 
 
+def calibration(mu: np.ndarray, sigma: np.ndarray, golden: np.ndarray) -> dict[str, float]:
+    """How well a Prob RM's σ describes its own errors on held-out pools: mean Gaussian NLL of the golden
+    scores, and the share of golden scores inside μ ± σ and μ ± 2σ (0.683 and 0.954 if calibrated)."""
+    s = np.maximum(np.asarray(sigma, dtype=np.float64), 1e-12)
+    z = np.abs(np.asarray(golden, dtype=np.float64) - mu) / s
+    nll = 0.5 * np.log(2 * np.pi * s**2) + 0.5 * z**2
+    return {"nll": float(nll.mean()), "inside_1sigma": float((z <= 1).mean()),
+            "inside_2sigma": float((z <= 2).mean()), "mean_sigma": float(s.mean())}
+
+
 def _mbr_entry(report: dict, pools: bon.Pools, sims: list[np.ndarray], cfg: EvaluationConfig) -> dict[str, Any]:
     """MBR by Monte Carlo over N-subsets (its scores depend on the subset), with standard errors."""
     mc = subset_bon(pools.golden, pools.offsets, report["ns"], lambda q, subs: mbr_from_matrix(sims[q], subs),
                     n_subsets=cfg.mbr_subsets, seed=cfg.seed)
     return _subset_entry(report, pools, mc, cfg, kind="training-free")
+
+
+_TIE_DECIMALS = 6  # μ comes from float32 heads: differences below ~1e-7 are rounding, not preference
 
 
 def _pool_rm_entry(report: dict, pools: bon.Pools, sims: list[np.ndarray], mu: np.ndarray, w: np.ndarray,
@@ -474,12 +497,14 @@ def _pool_rm_entry(report: dict, pools: bon.Pools, sims: list[np.ndarray], mu: n
     base = [mu[offs[q]:offs[q + 1]] - w[offs[q]:offs[q + 1]] * mbr_from_matrix(sims[q]) for q in range(len(sims))]
 
     def scorer(q: int, subs: np.ndarray) -> np.ndarray:
-        return base[q][subs] + w[offs[q]:offs[q + 1]][subs] * mbr_from_matrix(sims[q], subs)
+        # rounded to float32's resolution of μ: members tied on every feature (e.g. the two of an N=2 subset,
+        # whose consensus is equal) must tie exactly and be broken at random, not by float error in `base`,
+        # which carries whole-pool information
+        return np.round(base[q][subs] + w[offs[q]:offs[q + 1]][subs] * mbr_from_matrix(sims[q], subs), _TIE_DECIMALS)
 
     mc = subset_bon(pools.golden, offs, report["ns"], scorer, n_subsets=cfg.mbr_subsets, seed=cfg.seed)
     entry = _subset_entry(report, pools, mc, cfg, kind="rm")
     entry["pool_aware"] = True
-    entry["montecarlo"] = None  # the exact-vs-Monte-Carlo cross-check applies to per-candidate scores only
     return entry
 
 
@@ -784,6 +809,19 @@ def render_markdown(report: dict, plots: dict[str, str] | None = None) -> str:
               f"{report['methods']['mbr']['n_subsets']} subsets per pool and N (fixed seed; "
               "standard error at N=max "
               f"{_fmt(report['methods']['mbr']['se'][g0][-1])})." if "mbr" in report["methods"] else "no MBR (no texts).")]
+    pool_aware = [m for m, e in report["methods"].items() if e.get("pool_aware")]
+    if pool_aware:
+        md += ["", f"Pool-aware RMs ({', '.join(pool_aware)}) read the other candidates (consensus), so they are "
+               "re-scored on the same Monte-Carlo subsets as MBR (exact per subset: μ is affine in consensus; "
+               "s.e. at N=max " + ", ".join(f"{m} {_fmt(report['methods'][m]['se'][g0][-1])}" for m in pool_aware)
+               + "). Their diagnostics below use the whole-pool μ."]
+    cal = {m: e["calibration"] for m, e in report["methods"].items() if e.get("calibration")}
+    if cal:
+        md += ["", "## Calibration of σ on the evaluation pools (held out from RM training)", "",
+               "| method | NLL | inside μ ± σ (0.683 if calibrated) | inside μ ± 2σ (0.954) | mean σ |",
+               "|---|---|---|---|---|"]
+        md += [f"| {m} | {_fmt(c['nll'], '.3f')} | {_fmt(c['inside_1sigma'], '.3f')} | "
+               f"{_fmt(c['inside_2sigma'], '.3f')} | {_fmt(c['mean_sigma'], '.3f')} |" for m, c in cal.items()]
     rms = {m: e for m, e in report["methods"].items() if e["kind"] == "rm"}
     if rms:
         md += ["", "## Diagnostics and the scaling law", "",

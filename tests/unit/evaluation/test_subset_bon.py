@@ -125,11 +125,48 @@ def test_pool_aware_rm_is_evaluated_on_each_subset_against_brute_force() -> None
                        "method": ["user-prob"] * n, "mu": list(mu_full), "sigma": [0.1] * n,
                        "fallback": [False] * n, "pool_weight": list(w)})
     cfg = EvaluationConfig(ns=[1, 2, 3, 6], mbr_subsets=3000, allocation={"enabled": False}, plots=False)
-    entry = build_report(cands, scores, cfg, dataset="toy")["methods"]["user-prob"]
+    report = build_report(cands, scores, cfg, dataset="toy")
+    entry = report["methods"]["user-prob"]
     assert entry["pool_aware"] is True and "montecarlo" in entry["evaluated"]
+    assert entry["calibration"]["mean_sigma"] == pytest.approx(0.1)
+    from ttp_ray.evaluation.report import render_markdown
+
+    assert "Pool-aware RMs (user-prob)" in render_markdown(report)
     for k, nn in enumerate([1, 2, 3, 6]):
         exact = _brute_force_pool_rm(TEXTS, GOLD, base, w, nn)
         assert abs(entry["bon"]["rouge1"][k] - exact) <= 4 * entry["se"]["rouge1"][k] + 1e-12
     # at N = 2 both members have the same consensus: the pick is base + w·s, not whole-pool μ's order
     assert _brute_force_pool_rm(TEXTS, GOLD, base, w, 2) != pytest.approx(
         _brute_force_pool_rm(TEXTS, GOLD, mu_full, np.zeros(n), 2))
+
+
+def test_prob_rms_report_calibration_of_sigma() -> None:
+    from ttp_ray.evaluation.report import calibration
+
+    rng = np.random.default_rng(0)
+    mu = rng.normal(size=20000)
+    gold = mu + rng.normal(scale=0.5, size=mu.size)
+    good = calibration(mu, np.full(mu.size, 0.5), gold)
+    assert good["inside_1sigma"] == pytest.approx(0.683, abs=0.01)
+    assert good["inside_2sigma"] == pytest.approx(0.954, abs=0.01)
+    over = calibration(mu, np.full(mu.size, 2.0), gold)
+    assert over["inside_1sigma"] > 0.95 and over["nll"] > good["nll"]
+
+
+def test_pool_aware_ties_break_at_random_not_by_float_error() -> None:
+    """A consensus-only RM ties both members of every 2-subset (equal consensus): N=2 is a random pick, even
+    though its whole-pool μ, rounded in float32, carries the whole pool's ordering in its last bits."""
+    n = len(TEXTS)
+    w = np.full(n, 0.3)
+    mu_full = (np.float32(0.1) + np.float32(0.3) * mbr_scores(TEXTS).astype(np.float32)).astype(np.float64)
+    cands = pa.table({"user_id": ["u"] * n, "query_id": ["q1"] * n, "cand_idx": list(range(n)),
+                      "mode": ["eval"] * n, "text": TEXTS, "rouge1": list(GOLD), "rougeL": list(GOLD)})
+    scores = pa.table({"user_id": ["u"] * n, "query_id": ["q1"] * n, "cand_idx": list(range(n)),
+                       "method": ["user-det"] * n, "mu": list(mu_full), "sigma": [None] * n,
+                       "fallback": [False] * n, "pool_weight": list(w)}).cast(
+        pa.schema([("user_id", pa.string()), ("query_id", pa.string()), ("cand_idx", pa.int64()),
+                   ("method", pa.string()), ("mu", pa.float64()), ("sigma", pa.float64()),
+                   ("fallback", pa.bool_()), ("pool_weight", pa.float64())]))
+    cfg = EvaluationConfig(ns=[1, 2], mbr_subsets=4000, allocation={"enabled": False}, plots=False)
+    e = build_report(cands, scores, cfg, dataset="toy")["methods"]["user-det"]
+    assert abs(e["bon"]["rouge1"][1] - GOLD.mean()) <= 4 * e["se"]["rouge1"][1]
