@@ -7,6 +7,7 @@
     ttp evaluate --config cfg.yaml             ttp report runs/demo
     ttp serve --config serve.yaml              ttp plan --users 10000 --queries 5 --n 30 --gpus 8
     ttp pipeline --config cfg.yaml             ttp demo [--full]
+    ttp serve --run-dir runs/demo --dataset commits     (what a run trained; prints a fresh API token once)
 
 Heavy imports (ray, torch, vllm) happen inside the subcommand that needs them, so `ttp --help` is instant.
 """
@@ -188,24 +189,97 @@ def report(path: Annotated[Path, typer.Argument(help="report.json or a run direc
 
 
 @app.command("serve")
-def serve_cmd(config: Annotated[Path, typer.Option("--config", "-c", help="YAML with a `serving:` section")],
-              set_: SetOpt = None, address: AddressOpt = None) -> None:
-    """Deploy the best-of-N endpoint on Ray Serve and block (Ctrl-C to stop)."""
+def serve_cmd(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML with a `serving:` section")] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="serve a pipeline run (e.g. runs/demo) with --dataset")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="with --run-dir: whose RM and users")] = None,
+    variant: Annotated[str | None, typer.Option(help="with --run-dir: RM variant (default user-prob)")] = None,
+    host: Annotated[str | None, typer.Option(help="HTTP bind address (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default 8000)")] = None,
+    set_: SetOpt = None, address: AddressOpt = None,
+) -> None:
+    """Deploy the best-of-N endpoint on Ray Serve and block (Ctrl-C to stop).
+
+    `--run-dir runs/demo --dataset commits` serves what a pipeline run trained, with a fresh API token printed
+    once; `--config` serves a `serving:` section with the token from $TTP_API_TOKEN or `auth.token_file`.
+    """
     _setup_logging()
-    from ttp_ray.config import apply_overrides, read_yaml, validate
-    from ttp_ray.ray_utils import init_ray
-    from ttp_ray.serving.app import run_serve
-    from ttp_ray.serving.config import ServingConfig
+    from ttp_ray.errors import TTPValidationError
 
     try:
-        tree = read_yaml(config)
-        section = dict(tree.get("serving", tree))
-        apply_overrides(section, set_)
-        cfg = validate(ServingConfig, section, source=str(config))
-        init_ray(address)
-        run_serve(cfg, blocking=True)
+        if (config is None) == (run_dir is None):
+            raise TTPValidationError("give exactly one of --run-dir DIR --dataset NAME (serve a pipeline run) and "
+                                     "--config YAML (a `serving:` section)", parameter="config")
+        if run_dir is not None:
+            _serve_run(run_dir, dataset, variant or "user-prob", host, port, set_, address)
+        else:
+            if dataset is not None or variant is not None:
+                raise TTPValidationError("--dataset and --variant go with --run-dir; with --config set `rm_dir` "
+                                         "and `rm_variant` in the YAML", parameter="dataset")
+            _serve_config(config, host, port, set_, address)
     except Exception as e:
         _fail(e)
+
+
+def _serve_config(config: Path, host: str | None, port: int | None, overrides: list[str] | None,
+                  address: str | None) -> None:
+    from ttp_ray.config import apply_overrides, read_yaml, validate
+    from ttp_ray.errors import TTPValidationError
+    from ttp_ray.serving.config import ServingConfig
+
+    tree = read_yaml(config)
+    if "applications" in tree and "serving" not in tree:
+        raise TTPValidationError(f"{config} is a Ray Serve config: run it with `serve run {config}`, or serve a "
+                                 "pipeline run with `ttp serve --run-dir runs/demo --dataset commits`",
+                                 parameter="config", value=str(config))
+    section = dict(tree.get("serving", tree))
+    apply_overrides(section, overrides)
+    section.update({k: v for k, v in (("host", host), ("port", port)) if v is not None})
+    cfg = validate(ServingConfig, section, source=str(config))
+    from ttp_ray.ray_utils import init_ray
+    from ttp_ray.serving.app import run_serve
+
+    init_ray(address)
+    run_serve(cfg, blocking=True)
+
+
+def _serve_run(run_dir: Path, dataset: str | None, variant: str, host: str | None, port: int | None,
+               overrides: list[str] | None, address: str | None) -> None:
+    """`ttp serve --run-dir`: derive the config, start Ray with a fresh token in the workers' env, print it once."""
+    import math
+    import os
+    import secrets
+    import time
+
+    from ttp_ray.serving.from_run import (
+        example_request,
+        load_run_config,
+        required_cpus,
+        serving_config_from_run,
+        usage_text,
+    )
+
+    cfg = serving_config_from_run(run_dir, dataset, variant=variant, host=host or "127.0.0.1", port=port or 8000,
+                                  overrides=overrides)
+    assert dataset is not None and cfg.policy is not None  # serving_config_from_run checked both
+    run = load_run_config(run_dir)
+    user, query = example_request(run_dir, dataset)
+    from ttp_ray.ray_utils import init_ray  # Ray and the Serve app only once the config is known to be good
+    from ttp_ray.serving.app import run_serve
+
+    # The replicas read the token from this variable: init_ray hands it to every worker in the job's runtime env
+    # (ttp_ray.ray_utils.WORKER_ENV_KEYS), nothing writes it to a file. This process's stdout shows it once.
+    token = secrets.token_urlsafe(32)
+    os.environ[cfg.auth.token_env] = token
+    ray_kwargs = run.ray.init_kwargs()
+    # a local cluster big enough for the three deployments (logical CPUs; the ingress and scorer idle while the
+    # policy generates)
+    ray_kwargs["num_cpus"] = max(ray_kwargs.get("num_cpus") or os.cpu_count() or 1, math.ceil(required_cpus(cfg)))
+    init_ray(address or run.ray.address, **ray_kwargs)
+    run_serve(cfg, blocking=False)  # returns once every replica is up (models loaded)
+    typer.echo(usage_text(cfg, run_dir, dataset, token, user, query))
+    while True:  # like serve.run(blocking=True): Ctrl-C ends the process (and the local cluster with it)
+        time.sleep(60)
 
 
 @app.command("plan")

@@ -67,7 +67,7 @@ def plot_bon_curves(report: dict, plot_data: dict | None, path: Path) -> Path:
     ax.set_xticklabels([str(n) for n in ns])
     ax.set_xlabel("N (candidates sampled per query, log2 scale)")
     ax.set_ylabel(f"expected {g0} of the selected candidate")
-    ax.set_title(f"Best-of-N scaling: {report['dataset']} (exact expectation over N-subsets)")
+    ax.set_title(f"Best-of-N scaling: {report['dataset']} (exact over N-subsets; Monte Carlo: MBR, pool-aware RMs)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", ncol=2)
     fig.tight_layout()
