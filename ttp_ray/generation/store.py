@@ -52,6 +52,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ttp_ray.data.schema import CANDIDATES, ERRORS, conform
+from ttp_ray.durable import fsync_dir, fsync_file
 from ttp_ray.errors import DataError, TTPValidationError
 
 log = logging.getLogger(__name__)
@@ -110,26 +111,6 @@ def part_epoch(path: str | Path) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ durability
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(d: Path) -> None:
-    """Make renames and unlinks in `d` durable (a no-op where the filesystem cannot fsync a directory)."""
-    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP):
-            raise
-    finally:
-        os.close(fd)
-
-
 def _tmp_path(final: Path) -> Path:
     return final.with_name(f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
@@ -137,20 +118,20 @@ def _tmp_path(final: Path) -> Path:
 def _replace_durably(tmp: Path, final: Path) -> None:
     """Rename a written and fsynced temp file into place, then fsync the directory so the rename survives."""
     os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
 
 
 def _write_json_atomic(path: Path, obj: dict[str, Any]) -> None:
     tmp = _tmp_path(path)
     tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    _fsync_file(tmp)
+    fsync_file(tmp)
     _replace_durably(tmp, path)
 
 
 def _write_parquet_tmp(table: pa.Table, final: Path) -> Path:
     tmp = _tmp_path(final)
     pq.write_table(table, tmp)
-    _fsync_file(tmp)
+    fsync_file(tmp)
     return tmp
 
 
@@ -242,7 +223,7 @@ def _clear(d: Path) -> None:
             shutil.rmtree(p)
         else:
             p.unlink()
-    _fsync_dir(d)
+    fsync_dir(d)
 
 
 # ------------------------------------------------------------------------------------------------ commit
@@ -321,7 +302,7 @@ def _settle(d: Path, *, same_epoch: bool, quarantine: bool) -> None:
         log.warning("%s: deleted %s, whose queries a %s part also holds (e.g. a leftover actor's late commit)",
                     d, path.name, "newer or same-run" if same_epoch else "newer run's")
     if changed:
-        _fsync_dir(d)
+        fsync_dir(d)
 
 
 def read_candidates(out_dir: str | Path, columns: Sequence[str] | None = None) -> pa.Table:

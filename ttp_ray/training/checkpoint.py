@@ -47,6 +47,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ttp_ray.data.schema import SCHEMA_VERSION
+from ttp_ray.durable import fsync_dir, fsync_file
 from ttp_ray.errors import DataError
 from ttp_ray.reward.bank import PersonalizedHead
 from ttp_ray.reward.config import FeatureConfig, HeadConfig
@@ -168,14 +169,6 @@ def is_complete(variant_dir: str | Path) -> bool:
 # ---- atomic variant versions ------------------------------------------------------------------------------------
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @contextmanager
 def _variant_lock(out: Path) -> Iterator[None]:
     """One writer per variant at a time; released by the OS if the writer dies."""
@@ -229,7 +222,7 @@ def _point(out: Path, version: str) -> None:
     link = out.with_name(f".{out.name}.link")
     link.unlink(missing_ok=True)
     os.symlink(version, link)  # relative: the rm folder can be moved or copied
-    _fsync_path(out.parent)  # the new version's name and the link are on disk before anyone can see them
+    fsync_dir(out.parent)  # the new version's name and the link are on disk before anyone can see them
     if out.is_dir() and not out.is_symlink():  # a variant folder from before this layout
         try:
             _exchange(link, out)  # `out` is now the symlink, `link` the old folder
@@ -242,7 +235,7 @@ def _point(out: Path, version: str) -> None:
             shutil.rmtree(link)
     else:
         os.replace(link, out)
-    _fsync_path(out.parent)
+    fsync_dir(out.parent)
 
 
 def save_rm_checkpoint(
@@ -279,8 +272,8 @@ def save_rm_checkpoint(
                        user_index=user_index, contexts=contexts, population=population, model=model,
                        training=training, backbone_state=backbone_state, metrics=metrics)
         for f in tmp.iterdir():
-            _fsync_path(f)
-        _fsync_path(tmp)
+            fsync_file(f)
+        fsync_dir(tmp)
         os.rename(tmp, out.with_name(version))
         _point(out, version)
         _sweep(out, keep=n)  # the previous version: no new reader can reach it now
