@@ -68,7 +68,10 @@ __all__ = [
 
 FORMAT_VERSION = "1"
 MANIFEST = "manifest.json"
-_READ_ATTEMPTS = 5  # a reader re-pins the version at most this often when saves delete it under its feet
+# A reader re-pins the version at most this often when saves delete it under its feet, backing off between tries
+# (5 tries starved a reader process under back-to-back saves on a loaded 2-core machine: CI run, 2026-12-07).
+_READ_ATTEMPTS = 50
+_READ_BACKOFF_S = (0.001, 0.05)  # first and largest pause between tries
 
 
 def save_tensors(tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
@@ -346,6 +349,7 @@ def load_rm_checkpoint(variant_dir: str | Path) -> RMCheckpoint:
     """
     d = Path(variant_dir)
     pinned = d.resolve()
+    pause, max_pause = _READ_BACKOFF_S
     for _ in range(_READ_ATTEMPTS - 1):
         try:
             return _load_version(pinned)
@@ -354,6 +358,8 @@ def load_rm_checkpoint(variant_dir: str | Path) -> RMCheckpoint:
             if now == pinned:  # not a concurrent swap: a real error
                 raise
             pinned = now
+            time.sleep(pause)  # let the save that moved the link finish before reading its version
+            pause = min(2 * pause, max_pause)
     return _load_version(pinned)
 
 
