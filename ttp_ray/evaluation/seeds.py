@@ -93,9 +93,8 @@ def run_seed_spread(cfg: Any, seeds: Sequence[int]) -> dict[str, Any]:
         sub = link_shared(cfg.run_dir, s)
         # every seed the RMs use: splits/initialisation/batch order of both stages
         seeded = {"seed": int(s), "user_stage": {"seed": int(s)}}
-        training = cfg.training.model_copy(update={
-            "seed": int(s), "user_stage": cfg.training.user_stage.model_copy(update={"seed": int(s)})})
-        # the seeds win over any per-dataset training override too
+        training = type(cfg.training).model_validate(merge_overrides(cfg.training.model_dump(), seeded))
+        # one merge rule for the run's section and the per-dataset overrides: the seeds win over both
         datasets = [d.model_copy(update={"training": merge_overrides(d.training, seeded)}) if d.training else d
                     for d in cfg.datasets]
         reports[s] = run_pipeline(cfg.model_copy(update={"run_dir": sub, "stages": ["train", "evaluate"],
