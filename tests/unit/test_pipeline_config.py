@@ -96,7 +96,8 @@ def test_dataset_training_overrides_merge_into_that_dataset_only() -> None:
     assert real.head_config(probabilistic=True).linear_inputs == 1
     # the commit configs ship the pool-aware RM
     demo = load_pipeline_config(REPO / "ttp_ray" / "configs" / "demo.yaml")
-    assert demo.training_for(demo.dataset("commits")).features.pool_blocks == ["consensus"]
+    commits = demo.training_for(demo.dataset("commits"))
+    assert commits.features.pool_blocks == ["consensus"] and commits.features.blocks == ["rouge_user"]
 
 
 def test_bad_dataset_training_override_names_the_dataset() -> None:

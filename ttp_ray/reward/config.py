@@ -17,9 +17,10 @@ from ttp_ray.models import ENCODER_DEFAULT
 # Feature blocks, in the order they are concatenated. Vector blocks have the embedding width; the rest are
 # scalars. "pair*" blocks need `mode="pair"` (one cross-encoder pass over query + candidate).
 VECTOR_BLOCKS = ("cand", "cand_x_query", "cand_x_user", "pair", "pair_x_user")
-SCALAR_BLOCKS = ("cos_query", "cos_user", "length", "len_ratio_user", "lex_query", "lex_user", "qtf_sum", "qtf_mean")
+SCALAR_BLOCKS = ("cos_query", "cos_user", "length", "len_ratio_user", "lex_query", "lex_user", "qtf_sum", "qtf_mean",
+                 "rouge_user")
 # Blocks computed from text alone (no backbone pass): a spec made only of these needs no encoder at all.
-STATIC_BLOCKS = ("length", "len_ratio_user", "lex_query", "lex_user", "qtf_sum", "qtf_mean")
+STATIC_BLOCKS = ("length", "len_ratio_user", "lex_query", "lex_user", "qtf_sum", "qtf_mean", "rouge_user")
 ALL_BLOCKS = VECTOR_BLOCKS + SCALAR_BLOCKS
 BI_DEFAULT_BLOCKS = [
     "cand",
@@ -62,7 +63,8 @@ class FeatureConfig(StageConfig):
     )
     blocks: list[str] | None = Field(
         None, description=f"Feature blocks in order; None = the mode's default. Known: {list(ALL_BLOCKS)}. [] with "
-        "`pool_blocks` = a pool-aware RM only (what `ttp_ray/configs/commits.yaml` uses: see docs/theory.md §3c).",
+        "`pool_blocks` = a pool-aware RM only; `ttp_ray/configs/commits.yaml` uses [rouge_user] + consensus "
+        "(docs/theory.md §3c).",
     )
     max_query_tokens: int = Field(128, ge=8, description="Truncation of query texts (tokens).")
     max_cand_tokens: int = Field(48, ge=4, description="Truncation of candidate and profile-output texts.")

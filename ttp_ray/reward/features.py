@@ -10,6 +10,8 @@ user's profile outputs, leave-one-out when q is itself a profile item):
     pair_x_user   h(q ⊕ c) ⊙ ĉ_u              lex_query        share of c's tokens found in q
                                               lex_user         mean over c's tokens of the share of u's outputs
                                                                that contain it
+                                              rouge_user       mean ROUGE-1 F1 of c against each of u's outputs
+                                                               (MBR against the user's own history)
                                               qtf_sum          Σ over c's distinct tokens of tf_q(t) / max tf_q
                                               qtf_mean         qtf_sum / #tokens(c)  (salient query words)
 
@@ -66,6 +68,8 @@ class UserContext:
     len_sum: float  # sum of output lengths in tokens
     df: dict[str, float]
     items: dict[str, _Item] = field(default_factory=dict)  # only while training (leave-one-out)
+    # token counts of each profile output, by item id (kept for serving: `rouge_user` compares with each one)
+    bags: dict[str, Counter[str]] = field(default_factory=dict)
 
     def _minus(self, exclude: str | None) -> tuple[torch.Tensor, float, float, _Item | None]:
         item = self.items.get(exclude) if exclude is not None else None
@@ -96,12 +100,36 @@ class UserContext:
             total += df.get(t, 0.0) - (1.0 if t in drop else 0.0)
         return total / (n * len(tokens))
 
+    def rouge_share(self, tokens: Sequence[str], exclude: str | None = None) -> float:
+        """Mean ROUGE-1 F1 of a candidate (its ROUGE tokens) against each of the user's (other) outputs.
+
+        The golden score compares a candidate with the one output the user will write; the user's past outputs
+        are the best sample of that distribution we hold, so this is MBR against the user's own history (on the
+        commit data it ranks pools better than consensus among the candidates: README, "Selection").
+        F1 = 2·overlap / (|c| + |o|), rouge_score's `2pr/(p+r)` without the division by zero.
+        """
+        n_c = len(tokens)
+        if n_c == 0:
+            return 0.0
+        cand = Counter(tokens)
+        total, k = 0.0, 0
+        for iid, bag in self.bags.items():
+            if iid == exclude:
+                continue
+            k += 1
+            n_o = bag.total()
+            if n_o:
+                overlap = sum(min(v, bag[t]) for t, v in cand.items() if t in bag)
+                total += 2.0 * overlap / (n_c + n_o)
+        return total / k if k else 0.0
+
     def without_items(self) -> UserContext:
-        return UserContext(self.user_id, self.emb_sum, self.n_items, self.len_sum, self.df)
+        return UserContext(self.user_id, self.emb_sum, self.n_items, self.len_sum, self.df, bags=self.bags)
 
 
-def population_context(contexts: Iterable[UserContext], max_tokens: int = 5000) -> UserContext:
-    """An 'average user' for users the model has never seen: mean centroid, mean length, mean token shares."""
+def population_context(contexts: Iterable[UserContext], max_tokens: int = 5000, max_bags: int = 1000) -> UserContext:
+    """An 'average user' for users the model has never seen: mean centroid, mean length, mean token shares, and
+    up to `max_bags` outputs taken round-robin over the users (in the order given) for `rouge_user`."""
     ctxs = [c for c in contexts if c.n_items > 0]
     if not ctxs:
         raise ValueError("population_context needs at least one user with a non-empty profile")
@@ -112,7 +140,13 @@ def population_context(contexts: Iterable[UserContext], max_tokens: int = 5000) 
         for t, v in c.df.items():
             share[t] += v / c.n_items / len(ctxs)
     df = dict(share.most_common(max_tokens))
-    return UserContext("<population>", cen, 1.0, mean_len, df)
+    bags: dict[str, Counter[str]] = {}
+    queues = [list(c.bags.values()) for c in ctxs]
+    for i in range(max((len(q) for q in queues), default=0)):
+        for q in queues:
+            if i < len(q) and len(bags) < max_bags:
+                bags[str(len(bags))] = q[i]
+    return UserContext("<population>", cen, 1.0, mean_len, df, bags=bags)
 
 
 @dataclass
@@ -213,6 +247,7 @@ class Featurizer:
             ctx.len_sum += len(toks)
             for t in tset:
                 ctx.df[t] = ctx.df.get(t, 0.0) + 1.0
+            ctx.bags[str(iid)] = Counter(toks)
             if keep_items:
                 ctx.items[str(iid)] = _Item(e, len(toks), tset)
         return ctxs
@@ -268,6 +303,7 @@ class Featurizer:
                 scal["qtf_sum"].append(qtf)
                 scal["qtf_mean"].append(qtf / n if n else 0.0)
                 scal["lex_user"].append(ctx.token_share(toks, ex) if "lex_user" in self.blocks else 0.0)
+                scal["rouge_user"].append(ctx.rouge_share(toks, ex) if "rouge_user" in self.blocks else 0.0)
         cu_t = torch.stack(cus) if cus else torch.zeros(0, self.embed_dim)
         return cu_t, {k: torch.tensor(v, dtype=torch.float32) for k, v in scal.items()}
 

@@ -37,6 +37,7 @@ import os
 import re
 import shutil
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -319,6 +320,9 @@ def _write_variant(
         tmp / "users.safetensors",
     )
     vocab = {"users": [contexts[u].df if u in contexts else {} for u in user_index], "population": population.df}
+    if "rouge_user" in feature_cfg.resolved_blocks():  # the profile outputs' token counts, only when read
+        vocab["bags"] = [[dict(b) for b in contexts[u].bags.values()] if u in contexts else [] for u in user_index]
+        vocab["population_bags"] = [dict(b) for b in population.bags.values()]
     (tmp / "users_vocab.json").write_text(json.dumps(vocab))
     if backbone_state:
         save_tensors(dict(backbone_state), tmp / "backbone.safetensors")
@@ -363,6 +367,11 @@ def load_rm_checkpoint(variant_dir: str | Path) -> RMCheckpoint:
     return _load_version(pinned)
 
 
+def _bags(rows: list[dict[str, int]]) -> dict[str, Counter[str]]:
+    """Profile-output token counts as `UserContext.bags` (keys are positions: serving excludes no item)."""
+    return {str(i): Counter(b) for i, b in enumerate(rows)}
+
+
 def _load_version(d: Path) -> RMCheckpoint:
     mpath = d / MANIFEST
     if not mpath.is_file():
@@ -385,15 +394,16 @@ def _load_version(d: Path) -> RMCheckpoint:
         model.eval()
     users = load_tensors(d / "users.safetensors")
     vocab = json.loads((d / "users_vocab.json").read_text())
+    bags = vocab.get("bags") or [[] for _ in user_index]
     contexts = {
         u: UserContext(u, users["emb_sum"][i], float(users["n_items"][i]), float(users["len_sum"][i]),
-                       vocab["users"][i])
+                       vocab["users"][i], bags=_bags(bags[i]))
         for i, u in enumerate(user_index)
         if float(users["n_items"][i]) > 0
     }
     pstats = users["population_stats"]
     population = UserContext("<population>", users["population_emb_sum"], float(pstats[0]), float(pstats[1]),
-                             vocab["population"])
+                             vocab["population"], bags=_bags(vocab.get("population_bags", [])))
     bpath = d / "backbone.safetensors"
     return RMCheckpoint(manifest, head, model, user_index, contexts, population,
                         load_tensors(bpath) if bpath.is_file() else None, hashlib.sha256(raw).hexdigest())

@@ -23,14 +23,34 @@ def test_text_blocks_known_values() -> None:
     assert ctx.n_items == 2 and ctx.len_sum == 5 and ctx.df == {"fix": 2, "flaky": 1, "test": 1, "docs": 1}
     x = fz.features([FeatureRequest(ctx, "Fix the test test suite", ["fix test now", ""])])
     assert x.shape == (2, len(STATIC_BLOCKS)) and fz.dim == len(STATIC_BLOCKS)
-    length, ratio, lex_q, lex_u, qtf_sum, qtf_mean = x[0].tolist()
+    length, ratio, lex_q, lex_u, qtf_sum, qtf_mean, rouge_u = x[0].tolist()
     assert length == pytest.approx(math.log1p(3))
     assert ratio == pytest.approx(math.log1p(3) - math.log1p(2.5))
     assert lex_q == pytest.approx(2 / 3)  # "fix", "test" are in the query, "now" is not
     assert lex_u == pytest.approx((2 / 2 + 1 / 2 + 0) / 3)  # share of outputs containing each token
     assert qtf_sum == pytest.approx((1 + 2) / 2)  # tf_q(fix) + tf_q(test), over max tf_q = 2
     assert qtf_mean == pytest.approx(qtf_sum / 3)
-    assert x[1].tolist() == pytest.approx([0.0, -math.log1p(2.5), 0.0, 0.0, 0.0, 0.0])  # empty: no division by 0
+    # ROUGE-1 F1 against each output: "fix test now" vs "fix flaky test" (2 shared of 3 and 3) and vs "fix docs"
+    assert rouge_u == pytest.approx((2 * 2 / (3 + 3) + 2 * 1 / (3 + 2)) / 2)
+    assert x[1].tolist() == pytest.approx([0.0, -math.log1p(2.5), 0.0, 0.0, 0.0, 0.0, 0.0])  # empty: no div by 0
+
+
+def test_rouge_user_is_the_golden_rouge1_against_each_profile_output() -> None:
+    """The block equals rouge_score's ROUGE-1 F1 (what the golden score uses), averaged over the outputs."""
+    from rouge_score import rouge_scorer
+
+    outputs = ["Fix the flaky test in test_main", "docs: fix typo", "Bump version to 1.2 (fix #12)"]
+    fz = Featurizer(None, FeatureConfig(blocks=["rouge_user"]))
+    ctx = fz.build_contexts(["u"] * 3, ["a", "b", "c"], outputs)["u"]
+    cands = ["fix the test", "fix fix typo typo", "unrelated words here"]
+    x = fz.features([FeatureRequest(ctx, "q", cands)])[:, 0].tolist()
+    scorer = rouge_scorer.RougeScorer(["rouge1"])
+    want = [sum(scorer.score(o, c)["rouge1"].fmeasure for o in outputs) / 3 for c in cands]
+    assert x == pytest.approx(want, abs=1e-6) and want[2] == 0.0
+    # leave-one-out: the pseudo-query's own output is not compared with (it is the golden reference)
+    loo = fz.features([FeatureRequest(ctx, "q", cands[:1], exclude_item="a")])[0, 0].item()
+    assert loo == pytest.approx(sum(scorer.score(o, cands[0])["rouge1"].fmeasure for o in outputs[1:]) / 2,
+                                abs=1e-6)
 
 
 def test_leave_one_out_excludes_the_pseudo_query_item() -> None:
@@ -50,6 +70,8 @@ def test_population_context_is_an_average_user() -> None:
     pop = population_context(ctxs.values())
     assert pop.mean_len() == pytest.approx((2 + 2) / 2)
     assert pop.df["a"] == pytest.approx((1 / 1 + 1 / 2) / 2)
+    # rouge_user for an unseen user compares with outputs taken round-robin over the users
+    assert [dict(b) for b in pop.bags.values()] == [{"a": 1, "b": 1}, {"a": 1}, {"c": 3}]
 
 
 def test_blocks_need_a_backbone_unless_text_only() -> None:

@@ -58,6 +58,8 @@ def test_round_trip_is_bit_exact(tmp_path, with_bank: bool) -> None:
     for u, c in ctxs.items():
         assert torch.equal(c.emb_sum, ck.contexts[u].emb_sum) and c.df == ck.contexts[u].df
         assert (c.n_items, c.len_sum) == (ck.contexts[u].n_items, ck.contexts[u].len_sum)
+        assert list(c.bags.values()) == list(ck.contexts[u].bags.values())  # rouge_user's profile outputs
+        assert c.rouge_share(["fix", "docs"]) == ck.contexts[u].rouge_share(["fix", "docs"]) > 0
     m = ck.manifest
     assert m["variant"] == "user-prob" and m["backbone"] == "minilm-l6" and m["feature_spec"]["dim"] == head.in_dim
     assert m["schema_version"] == "1" and m["training"] == {"seed": 0} and m["metrics"] == {"val_nll": -1.5}
