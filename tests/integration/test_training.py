@@ -74,4 +74,14 @@ def test_train_four_variants_with_deepspeed_and_score(ray_session, run_dir) -> N
     res = sc.score("user000", "some article text", ["a headline", "another headline"])
     assert res.sigma is not None and res.mu.shape == (2,)
     again = run_train(run_dir, "syn", cfg)
-    assert again["variants"] == {v: "skipped" for v in VARIANTS}
+    assert again["variants"] == {v: "skipped" for v in VARIANTS} and again["retrained_because"] == []
+
+    # ... but a changed training setting retrains instead of reporting the old RMs under the new config (issue 14)
+    changed = cfg.model_copy(update={"variants": ["global-det"],
+                                     "user_stage": cfg.user_stage.model_copy(update={"epochs": 50})})
+    third = run_train(run_dir, "syn", changed)
+    assert third["retrained_because"] == ["user_stage"] and third["variants"] == {"global-det": "trained"}
+    assert not (run_dir / "rm" / "syn" / "user-prob").exists()  # the old checkpoints are gone, not mixed in
+    assert set(pq.read_table(third["scores"])["method"].to_pylist()) == {"global-det"}
+    resolved = (run_dir / "rm" / "syn" / "training.resolved.yaml").read_text()
+    assert "epochs: 50" in resolved  # the saved config is the one the checkpoints were trained with

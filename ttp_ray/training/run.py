@@ -8,12 +8,18 @@
 
 and writes `{run_dir}/rm/{dataset}/features/…` (cached features), `{run_dir}/rm/{dataset}/<variant>/` (one
 checkpoint per variant) and `{run_dir}/scores/{dataset}/scores.parquet` (SCORES). Finished pieces are skipped,
-so a re-run resumes where the last one stopped.
+so a re-run resumes where the last one stopped — but only while `{rm_dir}/_inputs.json`, the fingerprint of the
+settings and inputs the checkpoints there were trained from, still matches: a changed training setting, new
+RM-training candidates or a new profile retrain the dataset's RMs and rescore (was: a changed setting silently
+kept the old checkpoints and reported them under the new config).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,6 +60,42 @@ def _global_variant(prob: bool) -> str:
 def _needed_heads(variants: list[str]) -> list[bool]:
     """Which global heads (Det=False, Prob=True) the requested variants need, Det first."""
     return sorted({v.endswith("prob") for v in variants})
+
+
+# settings that change how fast the RMs train, never what they are; `variants` is per-checkpoint completeness
+_NOT_FINGERPRINTED = frozenset({"feature_job", "score_batch_size", "variants"})
+INPUTS_FILE = "_inputs.json"
+
+
+def training_fingerprint(cfg: TrainingConfig, cand_dir: Path, profile_path: Path) -> dict[str, Any]:
+    """What the checkpoints of a dataset depend on: every output-affecting training setting (by section), the
+    RM-training candidate parts (their names carry the generation epoch) and the profile's bytes."""
+    dump = cfg.model_dump(mode="json")
+    fp: dict[str, Any] = {k: v for k, v in dump.items() if k not in _NOT_FINGERPRINTED}
+    fp["rm_train candidates"] = sorted(p.name for p in cand_dir.glob("part-*.parquet"))
+    fp["profile"] = hashlib.sha256(profile_path.read_bytes()).hexdigest()
+    return fp
+
+
+def _reset_if_changed(rm_dir: Path, scores_path: Path, fp: dict[str, Any]) -> list[str]:
+    """Remove checkpoints and scores trained from other settings or inputs; returns what changed ([] = none)."""
+    path = rm_dir / INPUTS_FILE
+    old = json.loads(path.read_text()) if path.is_file() else None
+    if old == fp:
+        return []
+    trained = rm_dir.is_dir() and any(p.name != INPUTS_FILE for p in rm_dir.iterdir())
+    changed = (["(no record of the settings: trained before fingerprints)"] if old is None
+               else sorted(k for k in set(old) | set(fp) if old.get(k) != fp.get(k)))
+    if trained or scores_path.exists():
+        log.warning("%s: %s changed since these reward models were trained; retraining them", rm_dir,
+                    ", ".join(changed))
+        shutil.rmtree(rm_dir, ignore_errors=True)
+        scores_path.unlink(missing_ok=True)
+    rm_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(fp, indent=1, sort_keys=True))
+    tmp.replace(path)
+    return changed if trained else []
 
 
 def _strip(contexts: dict[str, UserContext]) -> dict[str, UserContext]:
@@ -213,13 +255,15 @@ def run_train(
     for p in (cand_dir, profile_path):
         if not p.exists():
             raise DataError("training input not found (run the data and generation stages first)", file=str(p))
-    dump_resolved(cfg, rm_dir, "training.resolved.yaml")
+    summary: dict[str, Any] = {"rm_dir": str(rm_dir), "variants": {}, "global": {},
+                               "retrained_because": _reset_if_changed(
+                                   rm_dir, scores_path, training_fingerprint(cfg, cand_dir, profile_path))}
     profile = pq.read_table(profile_path)
-    summary: dict[str, Any] = {"rm_dir": str(rm_dir), "variants": {}, "global": {}}
     todo = [v for v in cfg.variants if not is_complete(rm_dir / v)]
     for v in cfg.variants:
         summary["variants"][v] = "trained" if v in todo else "skipped"
     if todo:
+        dump_resolved(cfg, rm_dir, "training.resolved.yaml")  # when it runs, never before a skip
         _train_variants(cfg, todo, cand_dir, profile, rm_dir, summary, fault)
     if eval_dir.exists() and any(eval_dir.glob("part-*.parquet")):
         stale = scores_path.exists() and any(
