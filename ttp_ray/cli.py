@@ -74,16 +74,28 @@ def _fail(e: Exception) -> None:
     raise e
 
 
-def _run_stages(stages: list[str], config, overrides, dataset, address) -> dict:
+def _run_stages(stages: list[str], config, overrides, dataset, address, *, quiet: bool = False) -> dict:
+    """Run `stages`; with `quiet`, Ray/vLLM/progress-bar output goes to {run_dir}/logs/console.log and the
+    terminal shows only the `[ttp]` stage lines, the table and the claims."""
+    from contextlib import nullcontext
+
+    from ttp_ray import console
     from ttp_ray.pipeline import run_pipeline
 
+    log_path = None
     try:
         cfg = _pipeline_cfg(config, overrides, dataset)
         cfg.stages = stages
-        if stages != ["data"]:
-            _init_ray(cfg, address)
-        return run_pipeline(cfg)
+        log_path = cfg.run_dir / "logs" / "console.log"
+        with console.quiet(log_path) if quiet else nullcontext():
+            if quiet:
+                console.say(f"Ray, vLLM and progress output: {log_path}")
+            if stages != ["data"]:
+                _init_ray(cfg, address)
+            return run_pipeline(cfg)
     except Exception as e:
+        if quiet and log_path is not None:
+            typer.echo(f"ttp: the full log is {log_path}", err=True)
         _fail(e)
         raise
 
@@ -150,12 +162,15 @@ def evaluate(config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt 
 
 @app.command("pipeline")
 def pipeline(config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = None,
-             address: AddressOpt = None) -> None:
+             address: AddressOpt = None,
+             quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Ray/vLLM output to {run_dir}/logs/console.log; "
+                                                 "the terminal shows stages, the table and the claims")] = False,
+             ) -> None:
     """data → generate → train → evaluate for every dataset, then the combined report."""
     _setup_logging()
     from ttp_ray.pipeline_config import ALL_STAGES
 
-    _run_stages(list(ALL_STAGES), config, set_, dataset, address)
+    _run_stages(list(ALL_STAGES), config, set_, dataset, address, quiet=quiet)
 
 
 @app.command("tune")
@@ -300,13 +315,15 @@ def plan(users: Annotated[int, typer.Option(help="users U")],
 @app.command("demo")
 def demo(full: Annotated[bool, typer.Option("--full", help="bigger sizes (tens of minutes)")] = False,
          run_dir: Annotated[Path | None, typer.Option(help="default runs/demo (runs/demo-full)")] = None,
+         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Ray/vLLM output on the terminal too "
+                                               "(default: {run_dir}/logs/console.log)")] = False,
          set_: SetOpt = None) -> None:
     """The whole pipeline on the bundled models and data, on a local Ray cluster."""
     cfg_path = REPO_CONFIGS / ("demo-full.yaml" if full else "demo.yaml")
     overrides = list(set_ or [])
     if run_dir is not None:
         overrides.append(f"run_dir={run_dir}")
-    pipeline(config=cfg_path, set_=overrides, dataset=None, address=None)
+    pipeline(config=cfg_path, set_=overrides, dataset=None, address=None, quiet=not verbose)
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from ttp_ray.config import dump_resolved
+from ttp_ray.console import say, show
 from ttp_ray.pipeline_config import PipelineConfig, PipelineDatasetConfig
 
 log = logging.getLogger(__name__)
@@ -20,16 +21,13 @@ MODES = ("rm_train", "eval")
 _MARK = {True: "ok ", False: "NO ", None: "n/m"}  # n/m: not measurable on this data
 
 
-def _say(msg: str) -> None:
-    print(f"[ttp] {msg}", flush=True)
-
 
 def stage_data(cfg: PipelineConfig, d: PipelineDatasetConfig) -> dict[str, Any]:
     from ttp_ray.data.loaders import run_load
 
     out = cfg.run_dir / "data" / d.name
     if (out / "summary.json").is_file():
-        _say(f"data/{d.name}: done already, skipping")
+        say(f"data/{d.name}: done already, skipping")
         return json.loads((out / "summary.json").read_text())
     return run_load(d, out).summary()
 
@@ -43,7 +41,7 @@ def _write_simulated(cfg: PipelineConfig, d: PipelineDatasetConfig, mode: str) -
     out = cfg.run_dir / "candidates" / d.name / mode
     done = out / "part-simulated.parquet"
     if done.is_file():
-        _say(f"candidates/{d.name}/{mode}: done already, skipping")
+        say(f"candidates/{d.name}/{mode}: done already, skipping")
         return {"candidates": pq.read_metadata(done).num_rows, "skipped": True}
     ds = LoadedDataset.read(cfg.run_dir / "data" / d.name)
     g = cfg.generation
@@ -55,7 +53,7 @@ def _write_simulated(cfg: PipelineConfig, d: PipelineDatasetConfig, mode: str) -
     tmp = out / ".part-simulated.parquet.tmp"
     pq.write_table(table, tmp)
     tmp.rename(done)
-    _say(f"candidates/{d.name}/{mode}: {table.num_rows} simulated candidates")
+    say(f"candidates/{d.name}/{mode}: {table.num_rows} simulated candidates")
     return {"candidates": table.num_rows, "skipped": False}
 
 
@@ -70,7 +68,13 @@ def stage_generate(cfg: PipelineConfig, d: PipelineDatasetConfig) -> dict[str, A
 def stage_train(cfg: PipelineConfig, d: PipelineDatasetConfig) -> dict[str, Any]:
     from ttp_ray.training.run import run_train
 
-    return run_train(cfg.run_dir, d.name, cfg.training_for(d))
+    summary = run_train(cfg.run_dir, d.name, cfg.training_for(d))
+    if summary.get("retrained_because"):
+        say(f"rm/{d.name}: retrained, changed since the last run: {', '.join(summary['retrained_because'])}")
+    variants = summary.get("variants", {})
+    if variants and all(v == "skipped" for v in variants.values()):
+        say(f"rm/{d.name}: trained with these settings already, skipping")
+    return summary
 
 
 def stage_evaluate(cfg: PipelineConfig, d: PipelineDatasetConfig) -> dict[str, Any]:
@@ -99,17 +103,17 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         missing = d.missing_files()
         if missing:
             if d.optional:
-                _say(f"dataset {d.name!r} skipped (optional): {'; '.join(missing)}")
+                say(f"dataset {d.name!r} skipped (optional): {'; '.join(missing)}")
                 continue
             raise FileNotFoundError(f"dataset {d.name!r}: {'; '.join(missing)}")
         for stage in cfg.stages:
             t0 = time.perf_counter()
-            _say(f"── {stage} · {d.name}")
+            say(f"── {stage} · {d.name}")
             result = STAGES[stage](cfg, d)
             timings[f"{d.name}/{stage}"] = round(time.perf_counter() - t0, 1)
             if stage == "evaluate":
                 reports.append(result)
-            _say(f"   {stage} · {d.name} finished in {timings[f'{d.name}/{stage}']} s")
+            say(f"   {stage} · {d.name} finished in {timings[f'{d.name}/{stage}']} s")
     (cfg.run_dir / "timings.json").write_text(json.dumps(timings, indent=1) + "\n")
     if not reports:
         return {}
@@ -123,11 +127,10 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     for name in merged["datasets"]:
         md.append(f"- {name}: [eval/{name}/report.md](eval/{name}/report.md)")
     (cfg.run_dir / "report.md").write_text("\n".join(md) + "\n")
-    print(table, flush=True)
+    show(table)
     for name, claims in merged["claims"].items():
         held = sum(bool(c["passed"]) for c in claims)
-        print(f"claims on {name}: {held}/{len(claims)} hold"
-              + "".join(f"\n  {_MARK[c['passed']]} {c['claim']}: {c['detail']}" for c in claims),
-              flush=True)
-    _say(f"report: {cfg.run_dir / 'report.md'}")
+        show(f"claims on {name}: {held}/{len(claims)} hold"
+             + "".join(f"\n  {_MARK[c['passed']]} {c['claim']}: {c['detail']}" for c in claims))
+    say(f"report: {cfg.run_dir / 'report.md'}")
     return merged

@@ -82,6 +82,7 @@ def render_seed_table(summary: Mapping[str, Any]) -> str:
 
 def run_seed_spread(cfg: Any, seeds: Sequence[int]) -> dict[str, Any]:
     """Run data + generate once in `cfg.run_dir`, then train + evaluate per seed; write `seeds/summary.{json,md}`."""
+    from ttp_ray.console import show
     from ttp_ray.pipeline import run_pipeline
     from ttp_ray.pipeline_config import merge_overrides
 
@@ -104,5 +105,5 @@ def run_seed_spread(cfg: Any, seeds: Sequence[int]) -> dict[str, Any]:
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     table = render_seed_table(summary)
     (out / "summary.md").write_text(f"# RM seed spread\n\n```\n{table}\n```\n")
-    print(table, flush=True)
+    show(table)
     return summary
