@@ -82,7 +82,8 @@ def stage_evaluate(cfg: PipelineConfig, d: PipelineDatasetConfig) -> dict[str, A
 
     run = cfg.run_dir
     return run_evaluate(run / "candidates" / d.name / "eval", run / "scores" / d.name / "scores.parquet",
-                        run / "eval" / d.name, cfg.evaluation, d.name)
+                        run / "eval" / d.name, cfg.evaluation, d.name,
+                        profile_path=run / "data" / d.name / "profile.parquet")
 
 
 STAGES = {"data": stage_data, "generate": stage_generate, "train": stage_train, "evaluate": stage_evaluate}

@@ -44,12 +44,13 @@ def test_tiny_pipeline_report_fields_and_ranges(ray_session, tmp_path: Path, mon
         assert len(claims) == 7 and all(c["passed"] in (True, False, None) and c["detail"] for c in claims)
     assert "## The method's claims on this run" in (tmp_path / "report.md").read_text()
     for name, rep in report["datasets"].items():
-        # the training-free selectors sit beside the RMs: MBR always, log-prob where the engine gave log-probs
+        # the training-free selectors sit beside the RMs: MBR and MBR against the user's profile always,
+        # log-prob where the engine gave log-probs
         free = set(rep["methods"]) - METHODS
-        assert set(rep["methods"]) >= METHODS and "mbr" in free, name
-        assert free <= {"mbr", "logprob", "logprob-mean"}, name
+        assert set(rep["methods"]) >= METHODS and {"mbr", "profile-mbr"} <= free, name
+        assert free <= {"mbr", "profile-mbr", "logprob", "logprob-mean"}, name
         if name == "tiny-sim":  # the simulated policy gives no log-probs
-            assert free == {"mbr"}
+            assert free == {"mbr", "profile-mbr"}
         assert all(rep["methods"][m]["kind"] == "training-free" for m in free)
         g = rep["golden"]
         ns = rep["ns"]

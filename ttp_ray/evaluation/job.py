@@ -131,6 +131,7 @@ def run_evaluate(
     dataset: str = "dataset",
     *,
     use_ray: bool | None = None,
+    profile_path: str | Path | None = None,
 ) -> dict:
     """Evaluate SCORES against the eval pools of CANDIDATES and write report.json/.md + PNGs to `out_dir`.
 
@@ -141,6 +142,7 @@ def run_evaluate(
         cfg: evaluation settings (defaults if None).
         dataset: name recorded in the report.
         use_ray: force (True) or forbid (False) the Ray Data path; None decides by `cfg.ray_min_candidates`.
+        profile_path: the dataset's PROFILE Parquet; adds the training-free `profile-mbr` selector.
 
     Returns:
         The report dict as written to report.json (no private plot data).
@@ -154,7 +156,13 @@ def run_evaluate(
     scores = read_parquet(scores_path, "scores")
     pools, info = pools_from_tables(candidates, scores, required_golden=cfg.golden,
                                     candidates_file=str(candidates_path), scores_file=str(scores_path))
-    pools, cols = with_training_free(pools, info)
+    profiles = None
+    if profile_path is not None and Path(profile_path).exists():
+        prof = read_parquet(profile_path, "profile").select(["user_id", "output"]).to_pydict()
+        profiles = {}
+        for u, o in zip(prof["user_id"], prof["output"], strict=True):
+            profiles.setdefault(u, []).append(o)
+    pools, cols = with_training_free(pools, info, profiles, cfg.mbr_metric)
     ray_path = use_ray_path(pools.n_candidates, cfg, use_ray)
     log.info("evaluating %s: %d candidates, %d queries, %d users, methods %s (%s)", dataset, pools.n_candidates,
              pools.n_queries, pools.n_users, pools.methods, "Ray Data" if ray_path else "in-process")

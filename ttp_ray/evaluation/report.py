@@ -12,7 +12,7 @@ import dataclasses
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from ttp_ray.evaluation.diagnostics import (
     user_correlation,
 )
 from ttp_ray.evaluation.subset_bon import subset_bon
-from ttp_ray.scoring.selectors import logprob_scores, mbr_from_matrix, pairwise_rouge
+from ttp_ray.scoring.selectors import logprob_scores, mbr_from_matrix, pairwise_rouge, profile_mbr_scores
 
 log = logging.getLogger(__name__)
 
@@ -394,8 +394,10 @@ def _clean(x: Any) -> Any:
     return x
 
 
-def build_report(candidates: pa.Table, scores: pa.Table, cfg: EvaluationConfig, *, dataset: str) -> dict:
-    """Evaluate every method in `scores` on the eval pools of `candidates` (schemas CANDIDATES, SCORES).
+def build_report(candidates: pa.Table, scores: pa.Table, cfg: EvaluationConfig, *, dataset: str,
+                 profiles: Mapping[str, Sequence[str]] | None = None) -> dict:
+    """Evaluate every method in `scores` on the eval pools of `candidates` (schemas CANDIDATES, SCORES);
+    `profiles` (user → past outputs) adds the training-free `profile-mbr` selector.
 
     Returns the report dict (layout: docs/theory.md §7). Its private `_plot_data` entry holds arrays for the
     plots and is dropped by `write_report` from report.json.
@@ -406,20 +408,29 @@ def build_report(candidates: pa.Table, scores: pa.Table, cfg: EvaluationConfig, 
         >>> print(render_table(report))
     """
     pools, info = pools_from_tables(candidates, scores, required_golden=cfg.golden)
-    pools, cols = with_training_free(pools, info)
+    pools, cols = with_training_free(pools, info, profiles, cfg.mbr_metric)
     report = report_from_pools(pools, cfg, dataset=dataset, data_info=info)
     return finish_training_free(report, pools, cols, cfg)
 
 
-def with_training_free(pools: bon.Pools, info: dict[str, Any]) -> tuple[bon.Pools, dict[str, Any]]:
+def with_training_free(pools: bon.Pools, info: dict[str, Any],
+                       profiles: Mapping[str, Sequence[str]] | None = None,
+                       metric: str = "rouge1") -> tuple[bon.Pools, dict[str, Any]]:
     """Add the per-candidate training-free selectors to `pools.scores`; return the candidate columns too
-    (and, under "pool_weights", the pool-aware RMs' slopes)."""
+    (and, under "pool_weights", the pool-aware RMs' slopes). `profiles` (user → past outputs) adds
+    `profile-mbr`."""
     cols = info.pop("_candidate_columns", {})
     if "_pool_weights" in info:
         cols["pool_weights"] = info.pop("_pool_weights")
     if "_sigmas" in info:
         cols["sigmas"] = info.pop("_sigmas")
     free = training_free_scores(cols)
+    if profiles is not None and "text" in cols:
+        texts, off = cols["text"], pools.offsets
+        per_query = [profile_mbr_scores(list(texts[off[q]:off[q + 1]]),
+                                        profiles.get(str(pools.users[pools.user_codes[q]]), []), metric)
+                     for q in range(pools.n_queries)]
+        free["profile-mbr"] = np.concatenate(per_query) if per_query else np.zeros(0)
     if free:
         pools = dataclasses.replace(pools, scores={**pools.scores, **free})
     return pools, cols
@@ -429,7 +440,7 @@ def finish_training_free(report: dict, pools: bon.Pools, cols: dict[str, np.ndar
                          cfg: EvaluationConfig) -> dict:
     """Mark the log-prob selectors as training-free (exact BoN), add MBR and re-evaluate pool-aware RMs (both
     Monte Carlo over N-subsets: their scores depend on the subset)."""
-    for m in ("logprob", "logprob-mean"):
+    for m in ("logprob", "logprob-mean", "profile-mbr"):
         if m in report["methods"]:
             report["methods"][m].update(kind="training-free", evaluated="exact")
     for m, sigma in cols.get("sigmas", {}).items():

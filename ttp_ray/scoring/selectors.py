@@ -6,6 +6,9 @@
   does not apply.
 * `logprob` — the policy's summed token log-probability of the candidate (favours short candidates).
 * `logprob-mean` — the same per generated token.
+* `profile-mbr` — MBR against the user's own history: a candidate's mean golden-metric similarity to each of
+  the user's past outputs (the profile). Per candidate (exact BoN applies); it is the `rouge_user` feature of
+  the commit RMs used alone, so the report shows what their training adds to it.
 
 Pure numpy; the serving runtime calls the same functions on the N candidates of a request.
 """
@@ -19,11 +22,12 @@ import numpy as np
 
 from ttp_ray.scoring.rouge import rouge_f1
 
-__all__ = ["POOL_DEPENDENT", "TRAINING_FREE", "logprob_scores", "mbr_from_matrix", "mbr_scores", "pairwise_rouge"]
+__all__ = ["POOL_DEPENDENT", "TRAINING_FREE", "logprob_scores", "mbr_from_matrix", "mbr_scores", "pairwise_rouge",
+           "profile_mbr_scores"]
 
 Metric = Literal["rouge1", "rougeL"]
 
-TRAINING_FREE: tuple[str, ...] = ("mbr", "logprob", "logprob-mean")
+TRAINING_FREE: tuple[str, ...] = ("mbr", "logprob", "logprob-mean", "profile-mbr")
 # Selectors whose score of a candidate depends on the other candidates of its (sub)pool.
 POOL_DEPENDENT: frozenset[str] = frozenset({"mbr"})
 
@@ -77,3 +81,17 @@ def logprob_scores(logprob: np.ndarray, num_tokens: np.ndarray, *, per_token: bo
     if per_token:
         lp = lp / np.maximum(np.asarray(num_tokens, dtype=np.float64), 1.0)
     return np.where(np.isfinite(lp), lp, -np.inf)
+
+
+def profile_mbr_scores(texts: Sequence[str], outputs: Sequence[str], metric: Metric = "rouge1") -> np.ndarray:
+    """Each candidate's mean ROUGE F1 against each of the user's past `outputs` (0 for a user with none).
+
+    Example:
+        >>> profile_mbr_scores(["fix the bug", "add docs"], ["fix a bug", "fix typo"]).round(3).tolist()
+        [0.533, 0.0]
+    """
+    m, p = len(texts), len(outputs)
+    if m == 0 or p == 0:
+        return np.zeros(m)
+    r1, rl = rouge_f1([t for t in texts for _ in range(p)], list(outputs) * m)
+    return (r1 if metric == "rouge1" else rl).reshape(m, p).mean(axis=1)

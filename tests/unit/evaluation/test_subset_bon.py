@@ -11,7 +11,13 @@ import pytest
 from ttp_ray.evaluation.config import EvaluationConfig
 from ttp_ray.evaluation.report import build_report, merge_reports
 from ttp_ray.evaluation.subset_bon import mbr_subset_bon
-from ttp_ray.scoring.selectors import logprob_scores, mbr_from_matrix, mbr_scores, pairwise_rouge
+from ttp_ray.scoring.selectors import (
+    logprob_scores,
+    mbr_from_matrix,
+    mbr_scores,
+    pairwise_rouge,
+    profile_mbr_scores,
+)
 
 TEXTS = ["fix the flaky test", "fix flaky test in ci", "add docs for fixtures", "fix test", "bump version",
          "docs: add fixture docs"]
@@ -53,6 +59,16 @@ def test_mbr_montecarlo_is_seeded() -> None:
     assert np.array_equal(a.mean, b.mean)
 
 
+def test_profile_mbr_is_mean_rouge1_against_each_past_output() -> None:
+    from rouge_score import rouge_scorer
+
+    outputs = ["Fix the flaky test", "docs: add fixtures", "bump version to 2.0"]
+    scorer = rouge_scorer.RougeScorer(["rouge1"])
+    want = [np.mean([scorer.score(o, t)["rouge1"].fmeasure for o in outputs]) for t in TEXTS]
+    assert profile_mbr_scores(TEXTS, outputs) == pytest.approx(want, abs=1e-12)
+    assert profile_mbr_scores(TEXTS, []).tolist() == [0.0] * len(TEXTS)  # a user with no history
+
+
 def test_logprob_scores_sum_and_per_token() -> None:
     lp, nt = np.array([-2.0, -6.0, np.nan]), np.array([2, 12, 3])
     assert logprob_scores(lp, nt, per_token=False).tolist() == [-2.0, -6.0, -np.inf]
@@ -70,9 +86,14 @@ def test_report_has_training_free_methods_and_claim() -> None:
                        "cand_idx": list(range(n)) * 2, "method": ["user-prob"] * n * 2,
                        "mu": list(GOLD) + list(GOLD[::-1]), "sigma": [0.1] * n * 2, "fallback": [False] * n * 2})
     cfg = EvaluationConfig(ns=[1, 2, 4], mbr_subsets=100, allocation={"enabled": False}, plots=False)
-    report = build_report(cands, scores, cfg, dataset="toy")
+    report = build_report(cands, scores, cfg, dataset="toy", profiles={"u": ["fix flaky test", "add docs"]})
     m = report["methods"]
     assert m["mbr"]["kind"] == "training-free" and "montecarlo" in m["mbr"]["evaluated"]
+    # MBR against the user's history: per candidate, so exact BoN; at N = n it picks the best-matching text
+    assert m["profile-mbr"]["kind"] == "training-free" and m["profile-mbr"]["evaluated"] == "exact"
+    best = int(np.argmax(profile_mbr_scores(TEXTS, ["fix flaky test", "add docs"])))
+    assert best == 0
+    assert "profile-mbr" not in build_report(cands, scores, cfg, dataset="toy")["methods"]  # no profile given
     assert m["logprob"]["evaluated"] == "exact"
     # log-prob sum prefers candidate 0: golden 0.5 on q1 and 0.2 on q2 once N covers it
     assert m["logprob"]["bon"]["rouge1"][0] == pytest.approx(GOLD.mean())
