@@ -28,17 +28,35 @@ class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _list_index(node: list[Any], part: str, dotted: str, value: Any) -> int:
+    """`part` as an index into the list `node` (`datasets.0.name=x`), or a config error naming the override."""
+    if not part.lstrip("-").isdigit():
+        raise TTPValidationError(f"override {dotted!r}: {part!r} must be a list index (0..{len(node) - 1})",
+                                 parameter=dotted, value=value)
+    i = int(part)
+    if not -len(node) <= i < len(node):
+        raise TTPValidationError(f"override {dotted!r}: index {i} is out of range (the list has {len(node)} "
+                                 "entries)", parameter=dotted, value=value)
+    return i
+
+
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    node = tree
+    node: Any = tree
     parts = dotted.split(".")
     for p in parts[:-1]:
-        nxt = node.get(p)
-        if nxt is None:
-            nxt = node[p] = {}
-        if not isinstance(nxt, dict):
+        if isinstance(node, list):
+            nxt = node[_list_index(node, p, dotted, value)]
+        else:
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+        if not isinstance(nxt, dict | list):
             raise TTPValidationError(f"override {dotted!r}: {p!r} is not a section", parameter=dotted, value=value)
         node = nxt
-    node[parts[-1]] = value
+    if isinstance(node, list):
+        node[_list_index(node, parts[-1], dotted, value)] = value
+    else:
+        node[parts[-1]] = value
 
 
 def apply_overrides(tree: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:

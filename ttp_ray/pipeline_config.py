@@ -80,6 +80,19 @@ class PipelineConfig(StageConfig):
         return v.expanduser().absolute()
 
     @model_validator(mode="after")
+    def _check_ns(self) -> PipelineConfig:
+        """One source for the pool size: `evaluation.ns` defaults to 1, 2, 4, … up to `generation.n_candidates`
+        (and n itself); an explicit N above the pool size is an error (was: silently clipped to the pool)."""
+        n = self.generation.n_candidates
+        if "ns" not in self.evaluation.model_fields_set:
+            self.evaluation.ns = default_ns(n)
+        elif max(self.evaluation.ns) > n:
+            raise ValueError(f"evaluation.ns: N = {max(self.evaluation.ns)} is larger than the pools it selects "
+                             f"from (generation.n_candidates = {n}); use N <= {n}, or leave evaluation.ns out "
+                             f"to get {default_ns(n)}")
+        return self
+
+    @model_validator(mode="after")
     def _check_dataset_training(self) -> PipelineConfig:
         for d in self.datasets:
             if d.training:
@@ -109,6 +122,11 @@ def merge_overrides(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any
     for k, v in over.items():
         out[k] = merge_overrides(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+def default_ns(n: int) -> list[int]:
+    """The Best-of-N grid for pools of `n`: powers of two below n, then n (`default_ns(12)` = [1, 2, 4, 8, 12])."""
+    return [2**k for k in range(n.bit_length()) if 2**k < n] + [n]
 
 
 def load_pipeline_config(path: str | Path | None, overrides: list[str] | None = None) -> PipelineConfig:

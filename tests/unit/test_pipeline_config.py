@@ -42,6 +42,26 @@ def test_overrides_are_typed_and_validated(tmp_path: Path) -> None:
         load_pipeline_config(None, ["generation.n_candidates"])
 
 
+def test_list_entries_take_index_overrides() -> None:
+    demo = REPO / "ttp_ray" / "configs" / "demo.yaml"
+    cfg = load_pipeline_config(demo, ["datasets.2.max_users=3", "datasets.-1.name=mine"])
+    assert cfg.datasets[2].max_users == 3 and cfg.datasets[2].name == "mine"
+    with pytest.raises(TTPValidationError, match=r"index 5 is out of range \(the list has 3 entries\)") as e:
+        load_pipeline_config(demo, ["datasets.5.name=x"])
+    assert e.value.parameter == "datasets.5.name"
+    with pytest.raises(TTPValidationError, match="'x' must be a list index"):
+        load_pipeline_config(demo, ["datasets.x.name=y"])
+
+
+def test_ns_follow_the_pool_size_and_an_impossible_n_is_an_error() -> None:
+    assert load_pipeline_config(None, ["generation.n_candidates=12"]).evaluation.ns == [1, 2, 4, 8, 12]
+    assert load_pipeline_config(None, ["generation.n_candidates=1"]).evaluation.ns == [1]
+    demo = load_pipeline_config(REPO / "ttp_ray" / "configs" / "demo.yaml")  # writes 12 once, ns derived
+    assert demo.evaluation.ns == [1, 2, 4, 8, 12]
+    with pytest.raises(TTPValidationError, match=r"evaluation\.ns: N = 16 is larger .*n_candidates = 12\)"):
+        load_pipeline_config(None, ["generation.n_candidates=12", "evaluation.ns=[1,16]"])
+
+
 def test_missing_config_file_names_it(tmp_path: Path) -> None:
     with pytest.raises(TTPValidationError, match="config file not found"):
         load_pipeline_config(tmp_path / "nope.yaml")

@@ -52,7 +52,9 @@ class EvaluationConfig(StageConfig):
 
     ns: list[int] = Field(
         [1, 2, 4, 8, 16, 30],
-        description="Best-of-N grid; values above the largest pool are clipped to it.",
+        description="Best-of-N grid. In a pipeline config it defaults to 1, 2, 4, … up to "
+        "generation.n_candidates, and an N above that is an error; evaluating other pools directly clips N to "
+        "the largest pool.",
     )
     golden: GoldenName = Field("rouge1", description="Golden score driving diagnostics, the law and the plots.")
     aggregate: Literal["query", "user"] = Field(
