@@ -14,7 +14,7 @@ import logging
 import sys
 
 from ttp_ray.entrypoint import BAD_INPUT, run_job
-from ttp_ray.evaluation.seeds import run_seed_spread
+from ttp_ray.pipeline import run_seed_spread
 from ttp_ray.pipeline_config import load_pipeline_config
 from ttp_ray.ray_utils import init_ray
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ttp_ray.config import dump_resolved
 from ttp_ray.console import say, show
-from ttp_ray.pipeline_config import PipelineConfig, PipelineDatasetConfig
+from ttp_ray.pipeline_config import PipelineConfig, PipelineDatasetConfig, merge_overrides
 
 log = logging.getLogger(__name__)
 
@@ -135,3 +137,30 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
              + "".join(f"\n  {_MARK[c['passed']]} {c['claim']}: {c['detail']}" for c in claims))
     say(f"report: {cfg.run_dir / 'report.md'}")
     return merged
+
+
+def run_seed_spread(cfg: PipelineConfig, seeds: Sequence[int]) -> dict[str, Any]:
+    """Run data + generate once in `cfg.run_dir`, then train + evaluate per seed; write `seeds/summary.{json,md}`."""
+    from ttp_ray.evaluation.seeds import link_shared, render_seed_table, summarize_seeds
+
+    if not seeds:
+        raise ValueError("give at least one seed")
+    run_pipeline(cfg.model_copy(update={"stages": ["data", "generate"]}))
+    reports = {}
+    for s in seeds:
+        sub = link_shared(cfg.run_dir, s)
+        # every seed the RMs use: splits/initialisation/batch order of both stages
+        seeded = {"seed": int(s), "user_stage": {"seed": int(s)}}
+        training = type(cfg.training).model_validate(merge_overrides(cfg.training.model_dump(), seeded))
+        # one merge rule for the run's section and the per-dataset overrides: the seeds win over both
+        datasets = [d.model_copy(update={"training": merge_overrides(d.training, seeded)}) if d.training else d
+                    for d in cfg.datasets]
+        reports[s] = run_pipeline(cfg.model_copy(update={"run_dir": sub, "stages": ["train", "evaluate"],
+                                                         "training": training, "datasets": datasets}))
+    summary = summarize_seeds(reports)
+    out = Path(cfg.run_dir) / "seeds"
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    table = render_seed_table(summary)
+    (out / "summary.md").write_text(f"# RM seed spread\n\n```\n{table}\n```\n")
+    show(table)
+    return summary

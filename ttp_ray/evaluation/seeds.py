@@ -6,11 +6,12 @@ Generation is the expensive stage and its pools are fixed data for the RMs, so t
 training noise; pool noise (another generation seed) needs another full run.
 
     python jobs/seed_spread.py --config ttp_ray/configs/commits.yaml --seeds 0 1 2 3 4
+
+This module is the pure part (links, summary, table); `ttp_ray.pipeline.run_seed_spread` runs the stages.
 """
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -78,32 +79,3 @@ def render_seed_table(summary: Mapping[str, Any]) -> str:
             lines.append(f"{m:<14}{_cell(ms, 'at_n_max', '.4f'):>18}{_cell(ms, 'oracle_gain_captured', '.3f'):>18}"
                          f"{_cell(ms, 'alpha', '.2f'):>14}{_cell(ms, 'beta', '.2f'):>14}")
     return "\n".join(lines)
-
-
-def run_seed_spread(cfg: Any, seeds: Sequence[int]) -> dict[str, Any]:
-    """Run data + generate once in `cfg.run_dir`, then train + evaluate per seed; write `seeds/summary.{json,md}`."""
-    from ttp_ray.console import show
-    from ttp_ray.pipeline import run_pipeline
-    from ttp_ray.pipeline_config import merge_overrides
-
-    if not seeds:
-        raise ValueError("give at least one seed")
-    run_pipeline(cfg.model_copy(update={"stages": ["data", "generate"]}))
-    reports = {}
-    for s in seeds:
-        sub = link_shared(cfg.run_dir, s)
-        # every seed the RMs use: splits/initialisation/batch order of both stages
-        seeded = {"seed": int(s), "user_stage": {"seed": int(s)}}
-        training = type(cfg.training).model_validate(merge_overrides(cfg.training.model_dump(), seeded))
-        # one merge rule for the run's section and the per-dataset overrides: the seeds win over both
-        datasets = [d.model_copy(update={"training": merge_overrides(d.training, seeded)}) if d.training else d
-                    for d in cfg.datasets]
-        reports[s] = run_pipeline(cfg.model_copy(update={"run_dir": sub, "stages": ["train", "evaluate"],
-                                                         "training": training, "datasets": datasets}))
-    summary = summarize_seeds(reports)
-    out = Path(cfg.run_dir) / "seeds"
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    table = render_seed_table(summary)
-    (out / "summary.md").write_text(f"# RM seed spread\n\n```\n{table}\n```\n")
-    show(table)
-    return summary

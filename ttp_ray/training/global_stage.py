@@ -93,7 +93,7 @@ def fit_global_head(
     tr, va = torch.nonzero(~vm).squeeze(1), torch.nonzero(vm).squeeze(1)
     if len(tr) == 0:
         raise ValueError("fit_global_head: no training rows (every row is in the validation split)")
-    from ttp_ray.training.user_stage import torch_threads
+    from ttp_ray.training.threads import torch_threads
 
     with torch_threads(cfg.batch_size * x.shape[1] * 8):
         return _fit_global_head(x, g, tr, va, head_cfg, cfg, seed, report, progress)
