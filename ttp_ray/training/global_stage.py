@@ -4,15 +4,19 @@
 `run_global_stage` runs the same objective on Ray Train: a `TorchTrainer` whose workers wrap the model with
 `deepspeed.initialize` (ZeRO stage from config; DS_ACCELERATOR=cpu on CPU), read their shard of a Ray Dataset,
 checkpoint every epoch (safetensors, see `checkpoint.py`) and resume from `ray.train.get_checkpoint()` after a
-worker failure (`FailureConfig(max_failures)`).
+worker failure (`FailureConfig(max_failures)`). Each epoch's checkpoint carries the sha256 of its files; a
+restart whose latest checkpoint does not match (a crash or a full disk mid-upload) resumes from the newest
+older epoch that does (`CheckpointConfig(num_to_keep)` keeps them), or from scratch when none does.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -24,6 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ttp_ray.errors import DataError
 from ttp_ray.reward.config import FeatureConfig, HeadConfig
 from ttp_ray.reward.heads import RewardHead, raw_to_mu_var
 from ttp_ray.reward.losses import gaussian_nll, head_loss, mse
@@ -39,6 +44,51 @@ __all__ = ["FaultInjection", "GlobalFitResult", "GlobalModel", "GlobalStageResul
            "run_global_stage"]
 
 log = logging.getLogger(__name__)
+
+
+_CHECKED = ("model.safetensors", "best.safetensors", "state.json")  # rank 0's files, covered by digest.json
+_EPOCH_DIR = re.compile(r"epoch_\d{4}$")
+
+
+def _digest(d: Path) -> dict[str, str]:
+    return {f: hashlib.sha256((d / f).read_bytes()).hexdigest() for f in _CHECKED}
+
+
+def _load_epoch(d: Path, rank: int) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, torch.Tensor], Path]:
+    """(model state, loop state, best state, a private copy of this rank's optimizer files) of one epoch's
+    checkpoint folder; DataError when a file is missing or does not match the digest written with it."""
+    want = json.loads((d / "digest.json").read_text())
+    if _digest(d) != want:
+        bad = sorted(f for f, h in _digest(d).items() if want.get(f) != h)
+        raise DataError(f"checkpoint files {bad} do not match their digest", file=str(d))
+    model_state, best = load_tensors(d / "model.safetensors"), load_tensors(d / "best.safetensors")
+    state = json.loads((d / "state.json").read_text())
+    optim_dir = Path(tempfile.mkdtemp(prefix="ttp-optim-"))
+    for f in d.glob(f"optim-rank{rank}.*"):
+        (optim_dir / f.name).write_bytes(f.read_bytes())
+    return model_state, state, best, optim_dir
+
+
+def _restore(ckpt: Any, rank: int) -> tuple[tuple[Any, ...] | None, list[str]]:
+    """Load the newest intact checkpoint at or before `ckpt` (Ray Train's latest): returns its contents (or
+    None: start from scratch) and the names of the epochs skipped as corrupt."""
+    import pyarrow.fs as pafs
+    import ray.train
+
+    path = ckpt.path.rstrip("/")
+    parent, latest = path.rsplit("/", 1)
+    infos = ckpt.filesystem.get_file_info(pafs.FileSelector(parent))
+    older = sorted((i.base_name for i in infos if i.type == pafs.FileType.Directory
+                    and _EPOCH_DIR.match(i.base_name) and i.base_name < latest), reverse=True)
+    skipped = []
+    for name in [latest, *older]:
+        try:
+            with ray.train.Checkpoint(f"{parent}/{name}", ckpt.filesystem).as_directory() as d:
+                return _load_epoch(Path(d), rank), skipped
+        except (OSError, ValueError, DataError, json.JSONDecodeError) as e:  # safetensors raises ValueError-likes
+            log.warning("rank %d: checkpoint %s unusable (%s); trying an older one", rank, name, e)
+            skipped.append(name)
+    return None, skipped
 
 
 @dataclass
@@ -159,6 +209,7 @@ class FaultInjection:
     epoch: int
     rank: int = 1
     delay_s: float = 8.0
+    corrupt_latest: bool = False  # also overwrite the newest epoch checkpoint's model file before dying
 
 
 class GlobalModel(nn.Module):
@@ -305,18 +356,18 @@ def _global_train_loop(loop_cfg: dict[str, Any]) -> None:
     units = list(head_cfgs) if per_head else ["all"]
     state: dict[str, Any] = {"epoch": 0, "history": [], "attempts": 0,
                              "stop": {u: {"best_val": math.inf, "best_epoch": 0, "bad": 0} for u in units}}
-    restored_from, optim_dir = -1, None
+    restored_from, optim_dir, skipped = -1, None, []
     ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:  # a restart after a failure: continue from the last reported epoch
-        with ckpt.as_directory() as d:
-            model.load_trainable_state(load_tensors(Path(d) / "model.safetensors"))
-            state = json.loads((Path(d) / "state.json").read_text())
-            best = load_tensors(Path(d) / "best.safetensors")
-            optim_dir = Path(tempfile.mkdtemp(prefix="ttp-optim-"))
-            for f in Path(d).glob(f"optim-rank{rank}.*"):
-                (optim_dir / f.name).write_bytes(f.read_bytes())
+    restored = None
+    if ckpt is not None:  # a restart after a failure: continue from the newest intact reported epoch
+        restored, skipped = _restore(ckpt, rank)
+    if restored is not None:
+        model_state, state, best, optim_dir = restored
+        model.load_trainable_state(model_state)
         restored_from = int(state["epoch"])
     else:
+        if ckpt is not None:  # a restart with no intact checkpoint: from scratch, but counted as a restart
+            state["attempts"] = 1
         best = model.trainable_state()
     state["attempts"] = int(state.get("attempts", 0)) + 1
 
@@ -341,6 +392,9 @@ def _global_train_loop(loop_cfg: dict[str, Any]) -> None:
         if fault and rank == fault["rank"] and epoch == fault["epoch"] and not os.path.exists(fault["marker"]):
             Path(fault["marker"]).write_text(f"rank {rank} died at epoch {epoch}\n")
             time.sleep(fault["delay_s"])
+            if fault.get("corrupt_latest"):  # a crash that also left the last checkpoint half-written
+                newest = max(Path(fault["storage_dir"]).glob("epoch_*"))
+                (newest / "model.safetensors").write_bytes(b"\0" * 64)
             os._exit(1)  # a hard crash: no cleanup, no report
         model.train()
         gen = torch.Generator().manual_seed(loop_cfg["seed"] * 1000 + epoch)  # same step count on every rank
@@ -386,7 +440,8 @@ def _global_train_loop(loop_cfg: dict[str, Any]) -> None:
         state["history"].append({k: float(v) for k, v in metrics.items()})
         stop = all(st["bad"] >= gcfg.patience for st in state["stop"].values()) or epoch == gcfg.epochs
         metrics.update({f"{u}/best_epoch": st["best_epoch"] for u, st in state["stop"].items() if u != "all"})
-        metrics.update(start_epoch=start, restored_from=restored_from, attempts=state["attempts"],
+        metrics.update(start_epoch=start, restored_from=restored_from, skipped_checkpoints=",".join(skipped),
+                       attempts=state["attempts"],
                        best_epoch=state["best_epoch"], done=stop, world_size=world,
                        zero_stage=gcfg.zero_stage if engine is not None else -1)
         with tempfile.TemporaryDirectory() as d:
@@ -395,6 +450,7 @@ def _global_train_loop(loop_cfg: dict[str, Any]) -> None:
                 save_tensors(model.trainable_state(), Path(d) / "model.safetensors")
                 save_tensors(best, Path(d) / "best.safetensors")
                 (Path(d) / "state.json").write_text(json.dumps(state))
+                (Path(d) / "digest.json").write_text(json.dumps(_digest(Path(d))))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
                              checkpoint_dir_name=f"epoch_{epoch:04d}")
         if stop:
@@ -456,7 +512,7 @@ def run_global_stage(
         "golden": golden,
         "seed": seed,
         "has_val": val_ds is not None,
-        "fault": fault.__dict__ if fault else None,
+        "fault": {**fault.__dict__, "storage_dir": str(Path(storage_path).resolve() / name)} if fault else None,
     }
     datasets = {"train": train_ds} | ({"val": val_ds} if val_ds is not None else {})
     trainer = TorchTrainer(

@@ -60,3 +60,42 @@ def test_lora_global_model_trains_adapters_only(tmp_path) -> None:
     state = model.trainable_state()
     assert any(k.startswith("backbone.") and "lora" in k for k in state)
     assert not any(k.startswith("backbone.") and "lora" not in k for k in state)  # adapters only, not the base
+
+
+def _epoch_dir(root, epoch: int) -> None:
+    import json
+
+    from ttp_ray.training.checkpoint import save_tensors
+    from ttp_ray.training.global_stage import _digest
+
+    d = root / f"epoch_{epoch:04d}"
+    d.mkdir(parents=True)
+    save_tensors({"w": torch.full((3,), float(epoch))}, d / "model.safetensors")
+    save_tensors({"w": torch.zeros(3)}, d / "best.safetensors")
+    (d / "state.json").write_text(json.dumps({"epoch": epoch}))
+    (d / "optim-rank0.safetensors").write_bytes(b"x")
+    (d / "digest.json").write_text(json.dumps(_digest(d)))
+
+
+def test_restore_falls_back_to_the_newest_intact_checkpoint(tmp_path) -> None:
+    """A restart whose latest checkpoint was left half-written resumes from the newest older epoch that matches
+    its digest, and from scratch when none does (real Ray Train `Checkpoint` objects on a local filesystem)."""
+    import pyarrow.fs as pafs
+    from ray.train import Checkpoint
+
+    from ttp_ray.training.global_stage import _restore
+
+    for e in (1, 2, 3):
+        _epoch_dir(tmp_path, e)
+    (tmp_path / "epoch_0003" / "model.safetensors").write_bytes(b"\0" * 64)  # torn write
+    latest = Checkpoint(str(tmp_path / "epoch_0003"), pafs.LocalFileSystem())
+    restored, skipped = _restore(latest, rank=0)
+    model_state, state, _, optim_dir = restored
+    assert skipped == ["epoch_0003"] and state == {"epoch": 2} and model_state["w"].tolist() == [2.0] * 3
+    assert (optim_dir / "optim-rank0.safetensors").read_bytes() == b"x"
+    # an intact latest is used as is; epochs newer than Ray Train's latest are never considered
+    restored, skipped = _restore(Checkpoint(str(tmp_path / "epoch_0002"), pafs.LocalFileSystem()), rank=0)
+    assert skipped == [] and restored[1] == {"epoch": 2}
+    (tmp_path / "epoch_0002" / "state.json").write_text('{"epoch": 9}')  # tampered: digest mismatch
+    (tmp_path / "epoch_0001" / "digest.json").unlink()  # no digest: not trusted either
+    assert _restore(latest, rank=0) == (None, ["epoch_0003", "epoch_0002", "epoch_0001"])
