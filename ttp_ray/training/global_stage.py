@@ -47,7 +47,9 @@ log = logging.getLogger(__name__)
 
 
 _CHECKED = ("model.safetensors", "best.safetensors", "state.json")  # rank 0's files, covered by digest.json
-_EPOCH_DIR = re.compile(r"epoch_\d{4}$")
+# epoch_NNNN for the first attempt, epoch_NNNN-aKK after a restart: a run that fell back to an older epoch
+# re-reports the epochs after it, and Ray Train must not see a new checkpoint under a path it already manages
+_EPOCH_DIR = re.compile(r"epoch_\d{4}(-a\d{2})?$")
 
 
 def _digest(d: Path) -> dict[str, str]:
@@ -452,7 +454,8 @@ def _global_train_loop(loop_cfg: dict[str, Any]) -> None:
                 (Path(d) / "state.json").write_text(json.dumps(state))
                 (Path(d) / "digest.json").write_text(json.dumps(_digest(Path(d))))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
-                             checkpoint_dir_name=f"epoch_{epoch:04d}")
+                             checkpoint_dir_name=f"epoch_{epoch:04d}" + (f"-a{state['attempts']:02d}"
+                                                                          if state["attempts"] > 1 else ""))
         if stop:
             break
 
