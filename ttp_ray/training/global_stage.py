@@ -60,8 +60,8 @@ def _load_epoch(d: Path, rank: int) -> tuple[dict[str, torch.Tensor], dict[str, 
     """(model state, loop state, best state, a private copy of this rank's optimizer files) of one epoch's
     checkpoint folder; DataError when a file is missing or does not match the digest written with it."""
     want = json.loads((d / "digest.json").read_text())
-    if _digest(d) != want:
-        bad = sorted(f for f, h in _digest(d).items() if want.get(f) != h)
+    bad = sorted(f for f, h in _digest(d).items() if want.get(f) != h)  # the files are hashed once
+    if bad:
         raise DataError(f"checkpoint files {bad} do not match their digest", file=str(d))
     model_state, best = load_tensors(d / "model.safetensors"), load_tensors(d / "best.safetensors")
     state = json.loads((d / "state.json").read_text())
