@@ -139,28 +139,36 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     return merged
 
 
-def run_seed_spread(cfg: PipelineConfig, seeds: Sequence[int]) -> dict[str, Any]:
-    """Run data + generate once in `cfg.run_dir`, then train + evaluate per seed; write `seeds/summary.{json,md}`."""
-    from ttp_ray.evaluation.seeds import link_shared, render_seed_table, summarize_seeds
+def run_seed_spread(cfg: PipelineConfig, seeds: Sequence[int], gen_seeds: Sequence[int] | None = None) -> dict[str, Any]:
+    """Per generation seed (default: the config's own), data + generate once, then train + evaluate per RM seed;
+    write `{run_dir}/seeds/summary.{json,md}` (`ttp_ray.evaluation.seeds`)."""
+    from ttp_ray.evaluation.seeds import gen_run_dir, link_shared, render_seed_table, summarize_spread
 
     if not seeds:
         raise ValueError("give at least one seed")
-    run_pipeline(cfg.model_copy(update={"stages": ["data", "generate"]}))
-    reports = {}
-    for s in seeds:
-        sub = link_shared(cfg.run_dir, s)
-        # every seed the RMs use: splits/initialisation/batch order of both stages
-        seeded = {"seed": int(s), "user_stage": {"seed": int(s)}}
-        training = type(cfg.training).model_validate(merge_overrides(cfg.training.model_dump(), seeded))
-        # one merge rule for the run's section and the per-dataset overrides: the seeds win over both
-        datasets = [d.model_copy(update={"training": merge_overrides(d.training, seeded)}) if d.training else d
-                    for d in cfg.datasets]
-        reports[s] = run_pipeline(cfg.model_copy(update={"run_dir": sub, "stages": ["train", "evaluate"],
-                                                         "training": training, "datasets": datasets}))
-    summary = summarize_seeds(reports)
+    base_gen = cfg.generation.engine.seed
+    reports: dict[tuple[int, int], dict[str, Any]] = {}
+    for g in (list(gen_seeds) if gen_seeds else [base_gen]):
+        generation = cfg.generation.model_copy(
+            update={"engine": cfg.generation.engine.model_copy(update={"seed": int(g)})})
+        gcfg = cfg.model_copy(update={"run_dir": gen_run_dir(cfg.run_dir, int(g), base_gen),
+                                      "generation": generation})
+        run_pipeline(gcfg.model_copy(update={"stages": ["data", "generate"]}))
+        for s in seeds:
+            sub = link_shared(gcfg.run_dir, s)
+            # every seed the RMs use: splits/initialisation/batch order of both stages
+            seeded = {"seed": int(s), "user_stage": {"seed": int(s)}}
+            training = type(cfg.training).model_validate(merge_overrides(cfg.training.model_dump(), seeded))
+            # one merge rule for the run's section and the per-dataset overrides: the seeds win over both
+            datasets = [d.model_copy(update={"training": merge_overrides(d.training, seeded)}) if d.training else d
+                        for d in cfg.datasets]
+            reports[(int(g), int(s))] = run_pipeline(gcfg.model_copy(update={
+                "run_dir": sub, "stages": ["train", "evaluate"], "training": training, "datasets": datasets}))
+    summary = summarize_spread(reports)
     out = Path(cfg.run_dir) / "seeds"
+    out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     table = render_seed_table(summary)
-    (out / "summary.md").write_text(f"# RM seed spread\n\n```\n{table}\n```\n")
+    (out / "summary.md").write_text(f"# Seed spread\n\n```\n{table}\n```\n")
     show(table)
     return summary

@@ -1,11 +1,15 @@
-"""Spread over reward-model seeds: retrain and re-evaluate the RMs on the same candidate pools.
+"""Spread over reward-model seeds and, optionally, generation seeds.
 
-Generation is the expensive stage and its pools are fixed data for the RMs, so the seed spread reuses one run's
-`data/` and `candidates/` (symlinked into `<run_dir>/seeds/seed-<s>/`) and reruns only train + evaluate with
-`training.seed = s` (splits, initialisation, batch order). It measures how much of a headline number is RM
-training noise; pool noise (another generation seed) needs another full run.
+Generation is the expensive stage and its pools are fixed data for the RMs, so the RM seed axis reuses one run's
+`data/` and `candidates/` (symlinked into `<run>/seeds/seed-<s>/`) and reruns only train + evaluate with every
+RM seed set to s (splits, initialisation, batch order). That measures RM training noise. The generation axis
+(`--gen-seeds`) measures pool noise: each generation seed g other than the config's own gets a full data +
+generate run in `<run_dir>/gen/gen-<g>/` (`generation.engine.seed = g`) and the same RM seeds on its pools.
 
-    python jobs/seed_spread.py --config ttp_ray/configs/commits.yaml --seeds 0 1 2 3 4
+    python jobs/seed_spread.py --config ttp_ray/configs/commits.yaml --seeds 0 1 2 [--gen-seeds 0 1 2]
+
+The summary's `datasets` block is over every (generation, RM) seed pair; `by_generation` has the RM-seed
+spread of each generation seed, and `spread` splits the sd into its two sources.
 
 This module is the pure part (links, summary, table); `ttp_ray.pipeline.run_seed_spread` runs the stages.
 """
@@ -42,6 +46,41 @@ def _stats(values: Sequence[float]) -> dict[str, float]:
             "min": min(values), "max": max(values)}
 
 
+def gen_run_dir(run_dir: Path, gen_seed: int, base_seed: int) -> Path:
+    """Where generation seed `gen_seed` runs: the run itself for the config's own seed, else `gen/gen-<g>/`."""
+    return Path(run_dir) if gen_seed == base_seed else Path(run_dir) / "gen" / f"gen-{gen_seed}"
+
+
+def summarize_spread(reports: Mapping[tuple[int, int], Mapping[str, Any]]) -> dict[str, Any]:
+    """`summarize_seeds` over (generation seed, RM seed) pairs, plus each generation seed's own RM spread.
+
+    Returns the `summarize_seeds` layout over all pairs (so `datasets → ds → method → metric → {mean, sd}` is read
+    the same with one generation seed or several) with `generation_seeds`, `by_generation` {g: summarize_seeds
+    of g's RM seeds} and `spread` {ds: {method: {"sd_rm": mean within-generation sd, "sd_generation": sd of the
+    generation means}}} of the share of the oracle gain.
+    """
+    if not reports:
+        raise ValueError("summarize_spread needs at least one report")
+    gens = sorted({g for g, _ in reports})
+    flat = summarize_seeds({i: r for i, (_, r) in enumerate(sorted(reports.items()))})
+    flat["seeds"] = sorted({s for _, s in reports})
+    flat["generation_seeds"] = gens
+    by_gen = {g: summarize_seeds({s: r for (gg, s), r in reports.items() if gg == g}) for g in gens}
+    flat["by_generation"] = {str(g): v for g, v in by_gen.items()}
+    spread: dict[str, dict[str, dict[str, float]]] = {}
+    for ds, per in flat["datasets"].items():
+        for m in per:
+            cells = [by_gen[g]["datasets"].get(ds, {}).get(m, {}).get("oracle_gain_captured") for g in gens]
+            cells = [c for c in cells if c is not None]
+            if cells:
+                means = [c["mean"] for c in cells]
+                spread.setdefault(ds, {})[m] = {
+                    "sd_rm": statistics.fmean(c["sd"] for c in cells),
+                    "sd_generation": statistics.stdev(means) if len(means) > 1 else 0.0}
+    flat["spread"] = spread
+    return flat
+
+
 def summarize_seeds(reports: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
     """Mean / sd / min / max over seeds of each method's headline numbers, per dataset.
 
@@ -72,10 +111,16 @@ def _cell(ms: Mapping[str, Mapping[str, float]], key: str, fmt: str) -> str:
 
 def render_seed_table(summary: Mapping[str, Any]) -> str:
     """One block per dataset: method, value at N=max and share of the oracle gain (mean ± sd over seeds)."""
-    lines = [f"RM seeds: {summary['seeds']} (same candidate pools; mean ± sd)"]
+    gens = summary.get("generation_seeds", [])
+    lines = [f"RM seeds: {summary['seeds']} (same candidate pools; mean ± sd)" if len(gens) <= 1 else
+             f"RM seeds {summary['seeds']} × generation seeds {gens} (mean ± sd over all pairs)"]
     for ds, per in summary["datasets"].items():
         lines += ["", f"dataset: {ds}", f"{'method':<14}{'@N=max':>18}{'gain captured':>18}{'alpha':>14}{'beta':>14}"]
         for m, ms in per.items():
             lines.append(f"{m:<14}{_cell(ms, 'at_n_max', '.4f'):>18}{_cell(ms, 'oracle_gain_captured', '.3f'):>18}"
                          f"{_cell(ms, 'alpha', '.2f'):>14}{_cell(ms, 'beta', '.2f'):>14}")
+        spread = summary.get("spread", {}).get(ds, {})
+        if len(gens) > 1 and spread:
+            lines += ["", "sd of the share of the oracle gain, by source: " + ", ".join(
+                f"{m} rm {v['sd_rm']:.3f} / generation {v['sd_generation']:.3f}" for m, v in spread.items())]
     return "\n".join(lines)

@@ -122,8 +122,8 @@ class UserStageConfig(StageConfig):
 
     Parameters that control the head (shared with the global stage, so the bank extends exactly that head):
         hidden_dim, num_layers, variance, var_floor, probabilistic, user_input.
-    Parameters that control the loss:
-        beta_nll, prior_strength, prior_strength_var.
+    Parameters that control the loss (`objective` and the architecture hold for the global stage too):
+        objective, beta_nll, prior_strength, prior_strength_var.
     Parameters that control the optimisation:
         lr, weight_decay, epochs, batch_size, patience, val_fraction, seed.
     """
@@ -138,6 +138,13 @@ class UserStageConfig(StageConfig):
         description="What each user's linear correction reads: the standardised features (bank width = feature "
         "width; can express directions the global trunk never learned) or the head's last hidden layer (a "
         "smaller bank, limited to what the population taught the trunk).",
+    )
+    objective: Literal["pointwise", "within_query"] = Field(
+        "pointwise",
+        description="What both stages fit. 'pointwise': each candidate's golden score. 'within_query': the "
+        "candidates' differences inside their query — every query gets a free offset, profiled out "
+        "(`ttp_ray.reward.losses.within_query_loss`), so the RM is not asked to predict how hard a query is, which "
+        "selection never uses; σ² is then the spread around the query's level. Same Gaussian NLL / MSE.",
     )
     beta_nll: float = Field(
         0.0, ge=0, le=1, description="β of β-NLL (Seitzer et al. 2022): NLL weighted by stop-grad σ^(2β); 0 = NLL."

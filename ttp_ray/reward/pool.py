@@ -21,12 +21,14 @@ Blocks (all pure numpy on texts; no backbone):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from ttp_ray.scoring.selectors import mbr_from_matrix, pairwise_rouge
 
-__all__ = ["POOL_BLOCKS", "pool_features", "pool_features_by_offsets", "pool_offsets"]
+__all__ = ["POOL_BLOCKS", "pool_features", "pool_features_by_offsets", "pool_offsets", "query_groups"]
 
 POOL_BLOCKS: tuple[str, ...] = ("consensus",)
 
@@ -53,6 +55,13 @@ def pool_offsets(user_ids: Sequence[str], query_ids: Sequence[str]) -> np.ndarra
     n = len(user_ids)
     starts = [i for i in range(n) if i == 0 or user_ids[i] != user_ids[i - 1] or query_ids[i] != query_ids[i - 1]]
     return np.asarray([*starts, n], dtype=np.int64)
+
+
+def query_groups(user_ids: Sequence[Any] | np.ndarray, query_ids: Sequence[Any] | np.ndarray) -> np.ndarray:
+    """(N,) int64 code of each row's (user, query) pool, 0..G−1 in order of first appearance (any row order):
+    the groups of `ttp_ray.reward.losses.within_query_loss`."""
+    keys = pd.Series(np.asarray(user_ids).astype(str), dtype=object) + "\x1f" + np.asarray(query_ids).astype(str)
+    return pd.factorize(keys, sort=False)[0].astype(np.int64)
 
 
 def pool_features_by_offsets(texts: Sequence[str], offsets: np.ndarray, blocks: Sequence[str]) -> np.ndarray:

@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 from ttp_ray.errors import DataError
 from ttp_ray.reward.config import FeatureConfig, HeadConfig
 from ttp_ray.reward.heads import RewardHead, raw_to_mu_var
-from ttp_ray.reward.losses import gaussian_nll, head_loss, mse
+from ttp_ray.reward.losses import gaussian_nll, mse, objective_loss
+from ttp_ray.reward.pool import query_groups
 from ttp_ray.training.checkpoint import (
     load_optimizer_state,
     load_tensors,
@@ -102,11 +103,17 @@ class GlobalFitResult:
     metrics: dict[str, Any] = field(default_factory=dict)  # last reported metrics (Ray Train runs)
 
 
-def _val_metric(raw: torch.Tensor, g: torch.Tensor, cfg: HeadConfig) -> dict[str, float]:
+def _val_metric(raw: torch.Tensor, g: torch.Tensor, cfg: HeadConfig, group: torch.Tensor | None = None,
+                objective: str = "pointwise") -> dict[str, float]:
     out = raw_to_mu_var(raw, cfg)
-    m = {"val_mse": float(mse(out.mu, g).mean())}
+    if objective == "pointwise":
+        m = {"val_mse": float(mse(out.mu, g).mean())}
+        nll = gaussian_nll(out.mu, out.var, g) if out.var is not None else None
+    else:
+        m = {"val_mse": float(objective_loss(out.mu, None, g, group, objective=objective).mean())}
+        nll = objective_loss(out.mu, out.var, g, group, objective=objective) if out.var is not None else None
     if out.var is not None:
-        m["val_nll"] = float(gaussian_nll(out.mu, out.var, g).mean())
+        m["val_nll"] = float(nll.mean())
         m["val_sigma"] = float(out.var.sqrt().mean())
     m["val_loss"] = m.get("val_nll", m["val_mse"])
     return m
@@ -131,6 +138,8 @@ def fit_global_head(
     seed: int = 0,
     report: Any = None,
     progress: bool = False,
+    groups: np.ndarray | None = None,
+    objective: str = "pointwise",
 ) -> GlobalFitResult:
     """Train a global head in-process (AdamW, mini-batches, early stopping on the validation rows).
 
@@ -138,6 +147,9 @@ def fit_global_head(
         features: (N, D) cached features. golden: (N,) targets.
         val_mask: rows held out for early stopping (None: no early stopping, last epoch kept).
         head_cfg: architecture (Det when `probabilistic=False`). cfg: epochs, lr, batch size, patience, β.
+        groups: (N,) query (pool) code of every row; needed by `objective="within_query"` (then batches hold
+            whole queries).
+        objective: `UserStageConfig.objective` ("pointwise" | "within_query").
     """
     x = torch.tensor(np.asarray(features), dtype=torch.float32)
     g = torch.tensor(np.asarray(golden), dtype=torch.float32)
@@ -145,14 +157,32 @@ def fit_global_head(
     tr, va = torch.nonzero(~vm).squeeze(1), torch.nonzero(vm).squeeze(1)
     if len(tr) == 0:
         raise ValueError("fit_global_head: no training rows (every row is in the validation split)")
+    if objective != "pointwise" and groups is None:
+        raise ValueError(f"fit_global_head: objective={objective!r} needs `groups` (the query of every row)")
+    grp = torch.as_tensor(np.asarray(groups), dtype=torch.long) if objective != "pointwise" else None
     from ttp_ray.training.threads import torch_threads
 
     with torch_threads(cfg.batch_size * x.shape[1] * 8):
-        return _fit_global_head(x, g, tr, va, head_cfg, cfg, seed, report, progress)
+        return _fit_global_head(x, g, tr, va, head_cfg, cfg, seed, report, progress, grp, objective)
+
+
+def group_order(n: int, group: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor:
+    """A random order of n rows; with `group`, whole groups stay together (groups in random order, rows in
+    their order), so mini-batches hold whole queries for the within-query objective."""
+    if group is None:
+        return torch.randperm(n, generator=gen)
+    rank = torch.randperm(int(group.max()) + 1 if n else 0, generator=gen)
+    return torch.argsort(rank[group], stable=True)
+
+
+def local_groups(group: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
+    """Group codes of rows `idx`, renumbered 0..G'−1 (None: pointwise)."""
+    return None if group is None else torch.unique(group[idx], return_inverse=True)[1]
 
 
 def _fit_global_head(x: torch.Tensor, g: torch.Tensor, tr: torch.Tensor, va: torch.Tensor, head_cfg: HeadConfig,
-                     cfg: GlobalStageConfig, seed: int, report: Any, progress: bool) -> GlobalFitResult:
+                     cfg: GlobalStageConfig, seed: int, report: Any, progress: bool, grp: torch.Tensor | None,
+                     objective: str) -> GlobalFitResult:
     head = new_head(x[tr], g[tr], head_cfg, seed)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(seed)
@@ -161,12 +191,12 @@ def _fit_global_head(x: torch.Tensor, g: torch.Tensor, tr: torch.Tensor, va: tor
     history: list[dict[str, float]] = []
     for epoch in tqdm(range(1, cfg.epochs + 1), desc="global head", unit="epoch", disable=not progress):
         head.train()
-        perm = tr[torch.randperm(len(tr), generator=gen)]
+        perm = tr[group_order(len(tr), None if grp is None else grp[tr], gen)]
         total = 0.0
         for s in range(0, len(perm), cfg.batch_size):
             b = perm[s : s + cfg.batch_size]
             out = head(x[b])
-            loss = head_loss(out.mu, out.var, g[b], cfg.beta_nll).mean()
+            loss = objective_loss(out.mu, out.var, g[b], local_groups(grp, b), cfg.beta_nll, objective).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -175,7 +205,7 @@ def _fit_global_head(x: torch.Tensor, g: torch.Tensor, tr: torch.Tensor, va: tor
         m: dict[str, float] = {"epoch": epoch, "train_loss": total / len(perm)}
         if len(va):
             with torch.no_grad():
-                m.update(_val_metric(head.raw(x[va]), g[va], head_cfg))
+                m.update(_val_metric(head.raw(x[va]), g[va], head_cfg, local_groups(grp, va), objective))
         history.append(m)
         if report is not None:
             report(epoch, m)
@@ -259,6 +289,9 @@ def _batch_to_torch(batch: dict[str, np.ndarray], golden: str) -> dict[str, Any]
         return torch.tensor(np.stack(col) if col.dtype == object else col, dtype=torch.float32)
 
     out: dict[str, Any] = {"golden": torch.tensor(batch[golden], dtype=torch.float32)}
+    if "user_id" in batch and "query_id" in batch:  # what orders the rows, and the within-query groups
+        cand = batch["cand_idx"] if "cand_idx" in batch else np.zeros(len(batch[golden]), dtype=np.int64)
+        out["_key"] = list(zip(batch["user_id"].tolist(), batch["query_id"].tolist(), cand.tolist(), strict=True))
     if "features" in batch:
         out["features"] = mat(batch["features"])
     else:
@@ -269,13 +302,24 @@ def _batch_to_torch(batch: dict[str, np.ndarray], golden: str) -> dict[str, Any]
 
 def _materialize(shard: Any, golden: str) -> dict[str, Any]:
     """Pull a worker's dataset shard into memory once (cached features are small; re-streaming the shard
-    every epoch costs a Ray Data execution per epoch)."""
+    every epoch costs a Ray Data execution per epoch), rows in (user, query, candidate) order.
+
+    Ray Data hands a shard's blocks over in the order its tasks finish, so without the sort the same rows meet
+    the seeded permutation in another order on every run (measured: two runs of one config differed by up to
+    2e-4 in μ). `group` is each row's query within the shard (the within-query objective's groups).
+    """
     parts = [_batch_to_torch(b, golden) for b in shard.iter_batches(batch_size=4096, batch_format="numpy")]
     if not parts:
         return {"golden": torch.zeros(0)}
     out: dict[str, Any] = {}
     for k in parts[0]:
         out[k] = torch.cat([p[k] for p in parts]) if torch.is_tensor(parts[0][k]) else sum((p[k] for p in parts), [])
+    keys = out.pop("_key", None)
+    if keys is not None:
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+        out = _rows(out, torch.tensor(order, dtype=torch.long))
+        keys = [keys[i] for i in order]
+        out["group"] = torch.as_tensor(query_groups([k[0] for k in keys], [k[1] for k in keys]))
     return out
 
 
@@ -331,14 +375,15 @@ def _ds_config(gcfg: GlobalStageConfig, world: int) -> dict[str, Any]:
 
 
 def _losses(raws: dict[str, torch.Tensor], g: torch.Tensor, head_cfgs: dict[str, HeadConfig],
-            beta: float, active: set[str] | None = None) -> torch.Tensor:
+            beta: float, active: set[str] | None = None, group: torch.Tensor | None = None,
+            objective: str = "pointwise") -> torch.Tensor:
     """Sum of the heads' mean losses (only `active` heads: a head that early-stopped trains no further)."""
     total = torch.zeros(())
     for name, raw in raws.items():
         if active is not None and name not in active:
             continue
         out = raw_to_mu_var(raw, head_cfgs[name])
-        total = total + head_loss(out.mu, out.var, g, beta).mean()
+        total = total + objective_loss(out.mu, out.var, g, group, beta, objective).mean()
     return total
 
 
@@ -384,9 +429,13 @@ def _global_train_loop(loop_cfg: dict[str, Any]) -> None:
     if optim_dir is not None and not load_optimizer_state(base_opt, optim_dir, f"optim-rank{rank}"):
         log.warning("rank %d: no optimizer state in the checkpoint; AdamW moments restart", rank)
 
-    golden = loop_cfg["golden"]
+    golden, objective = loop_cfg["golden"], loop_cfg.get("objective", "pointwise")
     train = _materialize(ray.train.get_dataset_shard("train"), golden)
     val = _materialize(ray.train.get_dataset_shard("val"), golden) if loop_cfg["has_val"] else None
+    # the within-query objective's groups: the queries of this worker's shard (a query split across workers is
+    # two valid pieces); kept out of the batches the model reads
+    groups = {name: d.pop("group", None) for name, d in (("train", train), ("val", val)) if d is not None}
+    train_group, val_group = (groups.get("train"), groups.get("val")) if objective != "pointwise" else (None, None)
     n = len(train["golden"])
     fault = loop_cfg.get("fault")
     start = int(state["epoch"]) + 1
@@ -400,13 +449,15 @@ def _global_train_loop(loop_cfg: dict[str, Any]) -> None:
             os._exit(1)  # a hard crash: no cleanup, no report
         model.train()
         gen = torch.Generator().manual_seed(loop_cfg["seed"] * 1000 + epoch)  # same step count on every rank
-        perm = torch.randperm(n, generator=gen)
+        perm = group_order(n, train_group, gen)
         total = 0.0
         for s in range(0, n, gcfg.batch_size):
-            tb = _rows(train, perm[s : s + gcfg.batch_size])
+            idx = perm[s : s + gcfg.batch_size]
+            tb = _rows(train, idx)
             raws = engine(tb) if engine is not None else model(tb)
             active = {h for h in head_cfgs if not per_head or state["stop"][h]["bad"] < gcfg.patience}
-            loss = _losses(raws, tb["golden"], head_cfgs, gcfg.beta_nll, active)
+            loss = _losses(raws, tb["golden"], head_cfgs, gcfg.beta_nll, active, local_groups(train_group, idx),
+                           objective)
             if engine is not None:
                 engine.backward(loss)
                 engine.step()
@@ -422,7 +473,8 @@ def _global_train_loop(loop_cfg: dict[str, Any]) -> None:
                 raws = model(val)
             val_loss = 0.0
             for name, raw in raws.items():
-                m = _val_metric(raw, val["golden"], head_cfgs[name])
+                m = _val_metric(raw, val["golden"], head_cfgs[name],
+                                local_groups(val_group, torch.arange(len(val["golden"]))), objective)
                 metrics.update({f"{name}/{k}": v for k, v in m.items()})
                 val_loss += m["val_loss"]
             metrics["val_loss"] = val_loss  # sum over heads (the criterion when they share a backbone)
@@ -486,6 +538,7 @@ def run_global_stage(
     name: str,
     seed: int = 0,
     fault: FaultInjection | None = None,
+    objective: str = "pointwise",
 ) -> GlobalStageResult:
     """Train the global heads (e.g. {"global-det": Det, "global-prob": Prob}) side by side on Ray Train.
 
@@ -514,6 +567,7 @@ def run_global_stage(
         "g_var": float(g_var),
         "golden": golden,
         "seed": seed,
+        "objective": objective,
         "has_val": val_ds is not None,
         "fault": {**fault.__dict__, "storage_dir": str(Path(storage_path).resolve() / name)} if fault else None,
     }

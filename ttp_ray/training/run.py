@@ -34,6 +34,7 @@ from ttp_ray.config import dump_resolved
 from ttp_ray.errors import DataError, TTPValidationError
 from ttp_ray.reward.features import Featurizer, UserContext, population_context
 from ttp_ray.reward.heads import RewardHead
+from ttp_ray.reward.pool import query_groups
 from ttp_ray.training.checkpoint import is_complete, load_rm_checkpoint, save_rm_checkpoint
 from ttp_ray.training.config import TrainingConfig
 from ttp_ray.training.features_job import (
@@ -164,7 +165,8 @@ def train_reward_models_local(
               "contexts": _strip(contexts), "population": population}
     for prob in _needed_heads(cfg.variants):
         head_cfg = cfg.head_config(probabilistic=prob)
-        gfit = fit_global_head(x, g, val_mask, head_cfg, cfg.global_stage, seed=cfg.seed, progress=progress)
+        gfit = fit_global_head(x, g, val_mask, head_cfg, cfg.global_stage, seed=cfg.seed, progress=progress,
+                               groups=query_groups(u, q), objective=cfg.user_stage.objective)
         gv = _global_variant(prob)
         if gv in cfg.variants:
             out[gv] = save_rm_checkpoint(rm_dir / gv, variant=gv, head=gfit.head,
@@ -362,7 +364,8 @@ def _global(cfg: TrainingConfig, needed: dict[str, bool], cand_dir: Path, profil
     population = population_context(contexts.values())
     if gs.backbone_mode == "frozen":
         stats = _train_stats(frozen_dir, val_keys, cfg.golden)
-        base = ray.data.read_parquet(str(frozen_dir), columns=["user_id", "query_id", cfg.golden, "features"])
+        base = ray.data.read_parquet(str(frozen_dir), columns=["user_id", "query_id", "cand_idx", cfg.golden,
+                                                               "features"])
     else:
         cands = pa.concat_tables([pq.read_table(p) for p in sorted(Path(cand_dir).glob("part-*.parquet"))])
         static = compute_static_table(fz, cands, contexts)
@@ -380,7 +383,7 @@ def _global(cfg: TrainingConfig, needed: dict[str, bool], cand_dir: Path, profil
                               batch_format="pyarrow") if val_keys else None
     res = run_global_stage(train_ds, val_ds, head_cfgs=head_cfgs, cfg=gs, feature_cfg=cfg.features,
                            golden=cfg.golden, storage_path=storage, name="global-stage", seed=cfg.seed,
-                           fault=fault, **stats)
+                           fault=fault, objective=cfg.user_stage.objective, **stats)
     metrics = {k: v for k, v in res.metrics.items() if isinstance(v, int | float | bool)}
     if gs.backbone_mode == "frozen":
         return res.heads, None, frozen_dir, _strip(contexts), population, metrics

@@ -35,7 +35,8 @@ from ttp_ray.errors import TTPValidationError
 from ttp_ray.reward.bank import LazyAdam, PersonalizedHead
 from ttp_ray.reward.config import UserStageConfig
 from ttp_ray.reward.heads import RewardHead
-from ttp_ray.reward.losses import gaussian_nll, head_loss, mse
+from ttp_ray.reward.losses import objective_loss
+from ttp_ray.reward.pool import query_groups
 from ttp_ray.training.threads import torch_threads
 
 __all__ = [
@@ -150,6 +151,18 @@ def _per_user_loss(loss: torch.Tensor, u: torch.Tensor, n_users: int) -> tuple[n
         return (total / count).numpy(), count.numpy()
 
 
+def _by_group(rows: torch.Tensor, grp: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """`rows` with whole groups kept together, the groups in a random order (a mini-batch then holds whole
+    queries, and a query cut by a batch boundary is two valid pieces); rows keep their order inside a group."""
+    rank = torch.randperm(int(grp.max()) + 1 if len(grp) else 0, generator=gen)
+    return rows[torch.argsort(rank[grp[rows]], stable=True)]
+
+
+def _local(grp: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
+    """Group codes of `rows`, renumbered 0..G'−1 (None: pointwise objective)."""
+    return None if grp is None else torch.unique(grp[rows], return_inverse=True)[1]
+
+
 def fit_user_stage(
     features: np.ndarray | torch.Tensor,
     golden: np.ndarray | torch.Tensor,
@@ -206,6 +219,8 @@ def fit_user_stage(
                                      parameter="n_users", value=n_users)
         torch.manual_seed(cfg.seed)
         val_mask = torch.tensor(split_by_query(u.numpy(), query_ids, cfg.val_fraction, cfg.seed))
+        # the query (pool) of every row: the groups of the within-query objective
+        grp = torch.as_tensor(query_groups(u.numpy(), query_ids)) if cfg.objective == "within_query" else None
         train_rows = torch.nonzero(~val_mask).squeeze(1)
         val_rows = torch.nonzero(val_mask).squeeze(1)
 
@@ -214,7 +229,8 @@ def fit_user_stage(
             from ttp_ray.training.global_stage import fit_global_head
 
             global_head = fit_global_head(
-                x, g, val_mask.numpy(), cfg.head_config(), GlobalStageConfig(beta_nll=cfg.beta_nll, num_workers=0)
+                x, g, val_mask.numpy(), cfg.head_config(), GlobalStageConfig(beta_nll=cfg.beta_nll, num_workers=0),
+                groups=None if grp is None else grp.numpy(), objective=cfg.objective,
             ).head
         _check_head(global_head, cfg)
         global_head.eval()
@@ -242,9 +258,9 @@ def fit_user_stage(
         def val_losses() -> tuple[np.ndarray, dict[str, float]]:
             with torch.no_grad():
                 out = model.from_base(z[val_rows], raw0[val_rows], u[val_rows])
-                gv = g[val_rows]
-                err = mse(out.mu, gv)
-                crit = gaussian_nll(out.mu, out.var, gv) if prob else err
+                gv, qv = g[val_rows], _local(grp, val_rows)
+                err = objective_loss(out.mu, None, gv, qv, objective=cfg.objective)
+                crit = objective_loss(out.mu, out.var, gv, qv, objective=cfg.objective) if prob else err
                 per_user, _ = _per_user_loss(crit, u[val_rows], n_users)
                 metrics = {"val_mse": float(err.mean()) if len(err) else math.nan}
                 if prob:
@@ -276,7 +292,10 @@ def fit_user_stage(
             opt.lr = lr
             act = torch.as_tensor(active)
             rows = train_rows[act[u[train_rows]]]
-            rows = rows[torch.randperm(len(rows), generator=gen)]
+            if grp is None:
+                rows = rows[torch.randperm(len(rows), generator=gen)]
+            elif len(rows) > cfg.batch_size:  # one full batch: order cannot matter, and a fixed one frees the fit
+                rows = _by_group(rows, grp, gen)  # of the seed to the last bit (float sums)
             # one gather per epoch; batches are then contiguous views
             ze, re, ge, ue = (t.index_select(0, rows) for t in (z, raw0, g, u))
             total, seen = 0.0, 0
@@ -289,7 +308,8 @@ def fit_user_stage(
                 out = model.from_rows(ze[b], re[b], rows_u.index_select(0, inverse))  # ... expanded to its samples
                 # each sample carries its user's share of the prior: Σ_u count_u / n_u · Σ_j λ_j W_uj²
                 prior = (counts * inv_n[touched] * (rows_u.pow(2) * lam_flat).sum(1)).sum()
-                loss = (head_loss(out.mu, out.var, ge[b], cfg.beta_nll).sum() + prior) / len(ub)
+                per_row = objective_loss(out.mu, out.var, ge[b], _local(grp, rows[b]), cfg.beta_nll, cfg.objective)
+                loss = (per_row.sum() + prior) / len(ub)
                 loss.backward()
                 opt.step(touched)  # only the rows of users in this batch move
                 if cfg.weight_decay > 0:

@@ -23,6 +23,7 @@ from ttp_ray.evaluation.bon import aggregate, exact_bon, random_bon
 from ttp_ray.evaluation.config import EvaluationConfig
 from ttp_ray.evaluation.diagnostics import failure_modes, query_correlation, user_correlation
 from ttp_ray.reward.config import UserStageConfig
+from ttp_ray.reward.pool import query_groups
 from ttp_ray.training.config import GlobalStageConfig
 from ttp_ray.training.global_stage import fit_global_head
 from ttp_ray.training.user_stage import UserStageResult, fit_user_stage, split_by_query
@@ -248,7 +249,8 @@ def train_and_score(
     scorer = PoolScorer.validation(data, val_mask, ns, eval_cfg)
     golden = data.golden.astype(np.float32)
     gcfg = (global_cfg or GlobalStageConfig(num_workers=0)).model_copy(update={"beta_nll": cfg.beta_nll})
-    head = fit_global_head(data.features, golden, val_mask, cfg.head_config(), gcfg, seed=cfg.seed).head
+    head = fit_global_head(data.features, golden, val_mask, cfg.head_config(), gcfg, seed=cfg.seed,
+                           groups=query_groups(data.user_idx, data.query_ids), objective=cfg.objective).head
     base = {f"global_{k}": v for k, v in scorer.score_model(GlobalOnly(head)).items()}
     history: list[dict[str, float]] = []
 
