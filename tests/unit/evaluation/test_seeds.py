@@ -6,7 +6,13 @@ import math
 
 import pytest
 
-from ttp_ray.evaluation.seeds import gen_run_dir, link_shared, render_seed_table, summarize_seeds, summarize_spread
+from ttp_ray.evaluation.seeds import (
+    gen_run_dir,
+    link_shared,
+    render_seed_table,
+    summarize_seeds,
+    summarize_spread,
+)
 
 
 def _report(user_prob: float, gain: float) -> dict:

@@ -174,6 +174,27 @@ def test_prob_rms_report_calibration_of_sigma() -> None:
     assert over["inside_1sigma"] > 0.95 and over["nll"] > good["nll"]
 
 
+def test_within_query_calibration_profiles_out_each_querys_level() -> None:
+    """An RM whose μ is right inside every query but off by a per-query level (what the within-query objective
+    learns) is badly calibrated in absolute terms and calibrated within query."""
+    from ttp_ray.evaluation.report import calibration
+
+    rng = np.random.default_rng(1)
+    n_q, n = 2000, 8
+    offsets = np.arange(0, n_q * n + 1, n)
+    mu = rng.normal(size=n_q * n)
+    gold = mu + np.repeat(rng.normal(scale=3.0, size=n_q), n) + rng.normal(scale=0.5, size=mu.size)
+    cal = calibration(mu, np.full(mu.size, 0.5), gold, offsets)
+    assert cal["inside_1sigma"] < 0.3
+    wq = cal["within_query"]
+    assert wq["inside_1sigma"] == pytest.approx(0.683, abs=0.01)
+    assert wq["inside_2sigma"] == pytest.approx(0.954, abs=0.01)
+    assert wq["nll"] < cal["nll"]
+    # one-candidate queries carry no within-query information: left out, not counted as perfect
+    single = calibration(mu[:3], np.full(3, 0.5), gold[:3], np.array([0, 1, 2, 3]))
+    assert single["within_query"] is None
+
+
 def test_pool_aware_ties_break_at_random_not_by_float_error() -> None:
     """A consensus-only RM ties both members of every 2-subset (equal consensus): N=2 is a random pick, even
     though its whole-pool μ, rounded in float32, carries the whole pool's ordering in its last bits."""
