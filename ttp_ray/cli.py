@@ -74,12 +74,6 @@ def _fail(e: Exception) -> None:
     raise e
 
 
-def _ray_running() -> bool:
-    import ray
-
-    return ray.is_initialized()
-
-
 def _run_stages(stages: list[str], config, overrides, dataset, address, *, quiet: bool = False) -> dict:
     """Run `stages`; with `quiet`, Ray/vLLM/progress-bar output goes to {run_dir}/logs/console.log and the
     terminal shows only the `[ttp]` stage lines, the table and the claims."""
@@ -96,17 +90,19 @@ def _run_stages(stages: list[str], config, overrides, dataset, address, *, quiet
         with console.quiet(log_path) if quiet else nullcontext():
             if quiet:
                 console.say(f"Ray, vLLM and progress output: {log_path}")
-            started = stages != ["data"] and not _ray_running()
+            started = False
             if stages != ["data"]:
-                _init_ray(cfg, address)
-            result = run_pipeline(cfg)
-            if quiet and started:
-                # Ray forwards workers' output to the driver asynchronously: shut down inside the redirect so
-                # late lines land in the log, and the terminal's last lines stay the table and the claims
                 import ray
 
-                ray.shutdown()
-            return result
+                started = not ray.is_initialized()
+                _init_ray(cfg, address)
+            try:
+                return run_pipeline(cfg)
+            finally:
+                if quiet and started:
+                    # Ray forwards workers' output to the driver asynchronously: shut down inside the redirect
+                    # (also on failure) so late lines land in the log, and the terminal ends with our lines
+                    ray.shutdown()
     except Exception as e:
         if quiet and log_path is not None:
             typer.echo(f"ttp: the full log is {log_path}", err=True)
