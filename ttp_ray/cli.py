@@ -204,7 +204,7 @@ def tune(config: ConfigOpt = None, set_: SetOpt = None, dataset: DatasetOpt = No
 @app.command("report")
 def report(path: Annotated[Path, typer.Argument(help="report.json or a run directory")]) -> None:
     """Print the headline table of a report."""
-    from ttp_ray.evaluation.report import render_table
+    from ttp_ray.evaluation.render import render_table
 
     p = path / "report.json" if path.is_dir() else path
     if not p.is_file():

@@ -97,7 +97,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     Returns the combined report (or `{}` when the evaluate stage did not run).
     """
     from ttp_ray.evaluation.claims import check_claims, render_claims
-    from ttp_ray.evaluation.report import merge_reports, render_table
+    from ttp_ray.evaluation.render import render_table
+    from ttp_ray.evaluation.report import merge_reports
 
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     dump_resolved(cfg, cfg.run_dir, "pipeline.resolved.yaml")

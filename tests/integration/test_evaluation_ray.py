@@ -7,7 +7,9 @@ import numpy as np
 from ttp_ray.evaluation.bon import Pools
 from ttp_ray.evaluation.config import EvaluationConfig
 from ttp_ray.evaluation.job import compute_stats_ray
-from ttp_ray.evaluation.report import compute_stats, pools_from_tables, pools_to_tables, report_from_pools
+from ttp_ray.evaluation.pools_io import pools_from_tables, pools_to_tables
+from ttp_ray.evaluation.report import report_from_pools
+from ttp_ray.evaluation.stats import compute_stats
 from ttp_ray.evaluation.theory import PlantedRM, simulate_pools
 
 

@@ -21,7 +21,8 @@ from ttp_ray.evaluation.diagnostics import (
 )
 from ttp_ray.evaluation.job import run_evaluate
 from ttp_ray.evaluation.law import fit_quality, paper_law, per_query_law
-from ttp_ray.evaluation.report import build_report, merge_reports, render_table, write_report
+from ttp_ray.evaluation.render import render_table
+from ttp_ray.evaluation.report import build_report, merge_reports, write_report
 from ttp_ray.evaluation.theory import c_n, expected_max_normal, lemma42_gain, oracle_prediction
 
 __all__ = [

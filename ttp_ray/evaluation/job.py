@@ -21,16 +21,11 @@ from ttp_ray.config import dump_resolved
 from ttp_ray.errors import DataError
 from ttp_ray.evaluation.bon import Pools
 from ttp_ray.evaluation.config import EvaluationConfig
-from ttp_ray.evaluation.report import (
-    EvalStats,
-    compute_stats,
-    finish_training_free,
-    pools_from_tables,
-    render_table,
-    report_from_pools,
-    with_training_free,
-    write_report,
-)
+from ttp_ray.evaluation.pools_io import pools_from_tables
+from ttp_ray.evaluation.render import render_table
+from ttp_ray.evaluation.report import report_from_pools, write_report
+from ttp_ray.evaluation.stats import EvalStats, compute_stats
+from ttp_ray.evaluation.training_free import finish_training_free, with_training_free
 
 log = logging.getLogger(__name__)
 

@@ -13,14 +13,9 @@ from ttp_ray.config import validate
 from ttp_ray.errors import DataError, TTPValidationError
 from ttp_ray.evaluation import bon
 from ttp_ray.evaluation.config import EvaluationConfig
-from ttp_ray.evaluation.report import (
-    build_report,
-    merge_reports,
-    pools_from_tables,
-    pools_to_tables,
-    render_table,
-    write_report,
-)
+from ttp_ray.evaluation.pools_io import pools_from_tables, pools_to_tables
+from ttp_ray.evaluation.render import render_table
+from ttp_ray.evaluation.report import build_report, merge_reports, write_report
 from ttp_ray.evaluation.theory import PlantedRM, simulate_pools
 
 RMS = {"user-det": PlantedRM(0.4, 0.5, 0.3, 0.2), "user-prob": PlantedRM(0.7, 0.4, 0.1, 0.1)}

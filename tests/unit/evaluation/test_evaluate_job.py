@@ -15,7 +15,7 @@ import pytest
 
 from ttp_ray.evaluation.config import EvaluationConfig
 from ttp_ray.evaluation.job import run_evaluate, use_ray_path
-from ttp_ray.evaluation.report import pools_to_tables
+from ttp_ray.evaluation.pools_io import pools_to_tables
 from ttp_ray.evaluation.theory import PlantedRM, simulate_pools
 
 REPO = Path(__file__).resolve().parents[3]

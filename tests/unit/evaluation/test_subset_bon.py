@@ -150,7 +150,7 @@ def test_pool_aware_rm_is_evaluated_on_each_subset_against_brute_force() -> None
     entry = report["methods"]["user-prob"]
     assert entry["pool_aware"] is True and "montecarlo" in entry["evaluated"]
     assert entry["calibration"]["mean_sigma"] == pytest.approx(0.1)
-    from ttp_ray.evaluation.report import render_markdown
+    from ttp_ray.evaluation.render import render_markdown
 
     assert "Pool-aware RMs (user-prob)" in render_markdown(report)
     for k, nn in enumerate([1, 2, 3, 6]):
@@ -162,7 +162,7 @@ def test_pool_aware_rm_is_evaluated_on_each_subset_against_brute_force() -> None
 
 
 def test_prob_rms_report_calibration_of_sigma() -> None:
-    from ttp_ray.evaluation.report import calibration
+    from ttp_ray.evaluation.calibration import calibration
 
     rng = np.random.default_rng(0)
     mu = rng.normal(size=20000)
@@ -177,7 +177,7 @@ def test_prob_rms_report_calibration_of_sigma() -> None:
 def test_within_query_calibration_profiles_out_each_querys_level() -> None:
     """An RM whose μ is right inside every query but off by a per-query level (what the within-query objective
     learns) is badly calibrated in absolute terms and calibrated within query."""
-    from ttp_ray.evaluation.report import calibration
+    from ttp_ray.evaluation.calibration import calibration
 
     rng = np.random.default_rng(1)
     n_q, n = 2000, 8
