@@ -57,7 +57,7 @@ def _configs(args: argparse.Namespace):
 
 
 def _global_head(data, ucfg, gcfg):
-    from ttp_ray.training.global_stage import fit_global_head
+    from ttp_ray.training.global_fit import fit_global_head
     from ttp_ray.training.user_stage import split_by_query
 
     val = split_by_query(data.user_idx, data.query_ids, ucfg.val_fraction, ucfg.seed)

@@ -10,7 +10,8 @@ import pytest
 
 from ttp_ray.reward.config import FeatureConfig, HeadConfig
 from ttp_ray.training.config import GlobalStageConfig
-from ttp_ray.training.global_stage import FaultInjection, run_global_stage
+from ttp_ray.training.global_stage import run_global_stage
+from ttp_ray.training.global_worker import FaultInjection
 from ttp_ray.training.user_stage import synthetic_bank_data
 
 

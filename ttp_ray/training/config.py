@@ -64,7 +64,8 @@ class TrainingConfig(StageConfig):
     """Training of the four reward-model variants and scoring of the eval pools.
 
     Sections: `features` (backbone and feature spec), `feature_job`, `global_stage`, `user_stage`.
-    Top level: which variants, golden column, seed, user-stage workers.
+    Top level: which variants, golden column, seed, user-stage workers, what every Ray Train worker reserves
+    (`use_gpu`, `resources_per_worker`).
     """
 
     features: FeatureConfig = Field(default_factory=FeatureConfig)
@@ -78,6 +79,16 @@ class TrainingConfig(StageConfig):
     user_stage_workers: int = Field(
         2, ge=0, description="Ray Train workers of the per-user stage; each owns a disjoint user slice (0 = local)."
     )
+    use_gpu: bool = Field(
+        False, description="Ray Train workers of both stages reserve a GPU each (`ScalingConfig(use_gpu=True)`) and "
+        "move the model and batches to `ray.train.torch.get_device()`. Leave DS_ACCELERATOR unset on GPU workers.",
+    )
+    resources_per_worker: dict[str, float] | None = Field(
+        None, description="Ray resources each Ray Train worker of both stages reserves, e.g. {CPU: 4, GPU: 1, "
+        "memory: 8.0e9}. None: the global stage takes a CPU share that leaves one CPU for Ray Data's tasks "
+        "(`ray_utils.train_worker_cpus`), the user stage Ray's default (1 CPU, or 1 GPU with `use_gpu`). With "
+        "`use_gpu`, GPU: 1 is added when absent.",
+    )
     score_batch_size: int = Field(1024, ge=1, description="Rows per Ray Data batch when scoring eval pools.")
     seed: int = Field(0, description="Seed of splits, initialisation and batch order.")
 
@@ -87,6 +98,15 @@ class TrainingConfig(StageConfig):
             raise ValueError("variants must name at least one of " + ", ".join(VARIANTS))
         if len(set(self.variants)) != len(self.variants):
             raise ValueError(f"variants must not repeat, got {self.variants}")
+        res = self.resources_per_worker or {}
+        negative = sorted(k for k, v in res.items() if v < 0)
+        if negative:
+            raise ValueError(f"resources_per_worker must not be negative, got {negative[0]}={res[negative[0]]}")
+        if res.get("GPU", 0) > 0 and not self.use_gpu:
+            raise ValueError(f"resources_per_worker asks for GPU={res['GPU']} but use_gpu is false; set "
+                             "training.use_gpu=true (or drop GPU from resources_per_worker)")
+        if self.use_gpu and "GPU" in res and res["GPU"] <= 0:
+            raise ValueError("use_gpu is true but resources_per_worker sets GPU=0; request a positive GPU count")
         if self.global_stage.backbone_mode != "frozen" and self.features.mode == "pair":
             raise ValueError("backbone_mode 'lora'/'full' is implemented for features.mode='bi' only")
         if self.global_stage.backbone_mode != "frozen" and self.features.pool_blocks:

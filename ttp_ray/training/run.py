@@ -46,7 +46,9 @@ from ttp_ray.training.features_job import (
     run_features_job,
     with_pool_column,
 )
-from ttp_ray.training.global_stage import FaultInjection, fit_global_head, run_global_stage
+from ttp_ray.training.global_fit import fit_global_head
+from ttp_ray.training.global_stage import run_global_stage
+from ttp_ray.training.global_worker import FaultInjection
 from ttp_ray.training.user_stage import fit_user_stage, run_user_stage, sort_rows, split_by_query
 
 __all__ = ["run_train", "train_reward_models_local"]
@@ -383,7 +385,8 @@ def _global(cfg: TrainingConfig, needed: dict[str, bool], cand_dir: Path, profil
                               batch_format="pyarrow") if val_keys else None
     res = run_global_stage(train_ds, val_ds, head_cfgs=head_cfgs, cfg=gs, feature_cfg=cfg.features,
                            golden=cfg.golden, storage_path=storage, name="global-stage", seed=cfg.seed,
-                           fault=fault, objective=cfg.user_stage.objective, **stats)
+                           fault=fault, objective=cfg.user_stage.objective, use_gpu=cfg.use_gpu,
+                           resources_per_worker=cfg.resources_per_worker, **stats)
     metrics = {k: v for k, v in res.metrics.items() if isinstance(v, int | float | bool)}
     if gs.backbone_mode == "frozen":
         return res.heads, None, frozen_dir, _strip(contexts), population, metrics

@@ -226,7 +226,7 @@ def fit_user_stage(
 
         if global_head is None:
             from ttp_ray.training.config import GlobalStageConfig
-            from ttp_ray.training.global_stage import fit_global_head
+            from ttp_ray.training.global_fit import fit_global_head
 
             global_head = fit_global_head(
                 x, g, val_mask.numpy(), cfg.head_config(), GlobalStageConfig(beta_nll=cfg.beta_nll, num_workers=0),

@@ -16,7 +16,8 @@ from ttp_ray.training.features_job import (
     compute_static_table,
     features_matrix,
 )
-from ttp_ray.training.global_stage import GlobalModel, _batch_to_torch, fit_global_head
+from ttp_ray.training.global_fit import fit_global_head
+from ttp_ray.training.global_worker import GlobalModel, batch_to_torch
 from ttp_ray.training.user_stage import split_by_query, synthetic_bank_data
 
 
@@ -44,7 +45,7 @@ def test_lora_global_model_trains_adapters_only(tmp_path) -> None:
                       "rougeL": [0.5, 0.0, 0.3]})
     frozen_x = torch.tensor(features_matrix(compute_features(fz, cands, ctxs, population_context(ctxs.values()))))
     static = compute_static_table(fz, cands, ctxs)
-    batch = _batch_to_torch({k: static[k].to_numpy(zero_copy_only=False) for k in static.column_names}, "rouge1")
+    batch = batch_to_torch({k: static[k].to_numpy(zero_copy_only=False) for k in static.column_names}, "rouge1")
     bb.apply_lora(r=4, alpha=8)
     bb.model.train()
     model = GlobalModel({"global-prob": RewardHead(fz.dim, HeadConfig())}, bb, fcfg)
@@ -66,7 +67,7 @@ def _epoch_dir(root, epoch: int) -> None:
     import json
 
     from ttp_ray.training.checkpoint import save_tensors
-    from ttp_ray.training.global_stage import _digest
+    from ttp_ray.training.epoch_checkpoints import checkpoint_digest
 
     d = root / f"epoch_{epoch:04d}"
     d.mkdir(parents=True)
@@ -74,7 +75,7 @@ def _epoch_dir(root, epoch: int) -> None:
     save_tensors({"w": torch.zeros(3)}, d / "best.safetensors")
     (d / "state.json").write_text(json.dumps({"epoch": epoch}))
     (d / "optim-rank0.safetensors").write_bytes(b"x")
-    (d / "digest.json").write_text(json.dumps(_digest(d)))
+    (d / "digest.json").write_text(json.dumps(checkpoint_digest(d)))
 
 
 def test_restore_falls_back_to_the_newest_intact_checkpoint(tmp_path) -> None:
@@ -83,19 +84,19 @@ def test_restore_falls_back_to_the_newest_intact_checkpoint(tmp_path) -> None:
     import pyarrow.fs as pafs
     from ray.train import Checkpoint
 
-    from ttp_ray.training.global_stage import _restore
+    from ttp_ray.training.epoch_checkpoints import restore_checkpoint
 
     for e in (1, 2, 3):
         _epoch_dir(tmp_path, e)
     (tmp_path / "epoch_0003" / "model.safetensors").write_bytes(b"\0" * 64)  # torn write
     latest = Checkpoint(str(tmp_path / "epoch_0003"), pafs.LocalFileSystem())
-    restored, skipped = _restore(latest, rank=0)
+    restored, skipped = restore_checkpoint(latest, rank=0)
     model_state, state, _, optim_dir = restored
     assert skipped == ["epoch_0003"] and state == {"epoch": 2} and model_state["w"].tolist() == [2.0] * 3
     assert (optim_dir / "optim-rank0.safetensors").read_bytes() == b"x"
     # an intact latest is used as is; epochs newer than Ray Train's latest are never considered
-    restored, skipped = _restore(Checkpoint(str(tmp_path / "epoch_0002"), pafs.LocalFileSystem()), rank=0)
+    restored, skipped = restore_checkpoint(Checkpoint(str(tmp_path / "epoch_0002"), pafs.LocalFileSystem()), rank=0)
     assert skipped == [] and restored[1] == {"epoch": 2}
     (tmp_path / "epoch_0002" / "state.json").write_text('{"epoch": 9}')  # tampered: digest mismatch
     (tmp_path / "epoch_0001" / "digest.json").unlink()  # no digest: not trusted either
-    assert _restore(latest, rank=0) == (None, ["epoch_0003", "epoch_0002", "epoch_0001"])
+    assert restore_checkpoint(latest, rank=0) == (None, ["epoch_0003", "epoch_0002", "epoch_0001"])

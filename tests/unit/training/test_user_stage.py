@@ -9,7 +9,7 @@ import torch
 from ttp_ray.errors import TTPValidationError
 from ttp_ray.reward.config import UserStageConfig
 from ttp_ray.training.config import GlobalStageConfig
-from ttp_ray.training.global_stage import fit_global_head
+from ttp_ray.training.global_fit import fit_global_head
 from ttp_ray.training.user_stage import fit_user_stage, split_by_query, synthetic_bank_data
 
 
