@@ -41,7 +41,7 @@ def _peak_rss_mb() -> float:
 
 
 def _data(args: argparse.Namespace):
-    from ttp_ray.training.user_stage import synthetic_bank_data
+    from ttp_ray.training.synthetic_bank import synthetic_bank_data
 
     # n_queries x n_cands = samples per user; no held-out queries here (validation is carved out by the stage)
     return synthetic_bank_data(n_users=args.users, n_queries=args.samples // args.cands, n_cands=args.cands,
@@ -58,7 +58,7 @@ def _configs(args: argparse.Namespace):
 
 def _global_head(data, ucfg, gcfg):
     from ttp_ray.training.global_fit import fit_global_head
-    from ttp_ray.training.user_stage import split_by_query
+    from ttp_ray.training.user_fit import split_by_query
 
     val = split_by_query(data.user_idx, data.query_ids, ucfg.val_fraction, ucfg.seed)
     return fit_global_head(data.features, data.golden, val, ucfg.head_config(), gcfg).head
@@ -67,7 +67,7 @@ def _global_head(data, ucfg, gcfg):
 def _bank_phase(args: argparse.Namespace, out: mp.Queue) -> None:
     import torch
 
-    from ttp_ray.training.user_stage import fit_user_stage
+    from ttp_ray.training.user_fit import fit_user_stage
 
     torch.set_num_threads(args.threads)
     data = _data(args)
@@ -100,7 +100,7 @@ def _naive_setup(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
 def _naive_phase(args: argparse.Namespace, out: mp.Queue) -> None:
     import numpy as np
 
-    from ttp_ray.training.user_stage import fit_user_stage
+    from ttp_ray.training.user_fit import fit_user_stage
 
     data, ucfg, head, sample = _naive_setup(args)
     order = np.argsort(data.user_idx, kind="stable")
@@ -129,7 +129,7 @@ def _textbook_phase(args: argparse.Namespace, out: mp.Queue) -> None:
 
     from ttp_ray.reward.bank import PersonalizedHead
     from ttp_ray.reward.losses import gaussian_nll, head_loss
-    from ttp_ray.training.user_stage import split_by_query
+    from ttp_ray.training.user_fit import split_by_query
 
     data, ucfg, head, sample = _naive_setup(args)
 

@@ -12,7 +12,7 @@ from ttp_ray.reward.config import FeatureConfig, HeadConfig
 from ttp_ray.training.config import GlobalStageConfig
 from ttp_ray.training.global_stage import run_global_stage
 from ttp_ray.training.global_worker import FaultInjection
-from ttp_ray.training.user_stage import synthetic_bank_data
+from ttp_ray.training.synthetic_bank import synthetic_bank_data
 
 
 def _table(x: np.ndarray, g: np.ndarray, users: np.ndarray, queries: np.ndarray) -> pa.Table:

@@ -95,3 +95,47 @@ def test_no_import_cycles_inside_ttp_ray() -> None:
 def test_cores_never_import_the_orchestration_layer() -> None:
     bad = sorted((m, t) for m, ts in _graph().items() if m.startswith(CORE) for t in ts if t.startswith(ORCHESTRATION))
     assert bad == []
+
+
+# Pure cores inside packages that also hold Ray wiring: they, and everything they import inside ttp_ray, never
+# import `ray` (not even inside a function), so they run and test in-process.
+PURE = (
+    "ttp_ray.evaluation.pools_io", "ttp_ray.evaluation.stats", "ttp_ray.evaluation.training_free",
+    "ttp_ray.evaluation.calibration", "ttp_ray.evaluation.render", "ttp_ray.evaluation.jsonable",
+    "ttp_ray.evaluation.report",
+    "ttp_ray.training.global_fit", "ttp_ray.training.global_worker", "ttp_ray.training.user_fit",
+    "ttp_ray.training.synthetic_bank",
+)
+
+
+def _imports_ray(path: Path) -> bool:
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                 else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+        if any(n == "ray" or n.startswith("ray.") for n in names):
+            return True
+    return False
+
+
+def test_pure_cores_never_import_ray() -> None:
+    mods, graph = _modules(), _graph()
+    bad = []
+    for root in PURE:
+        assert root in mods, f"{root} is listed as pure but does not exist"
+        seen, todo = set(), [root]
+        while todo:
+            m = todo.pop()
+            if m in seen:
+                continue
+            seen.add(m)
+            todo.extend(graph[m])
+        bad += sorted((root, m) for m in seen if _imports_ray(mods[m]))
+    assert bad == []
+
+
+def test_ray_finder_sees_a_deferred_import(tmp_path) -> None:
+    f = tmp_path / "m.py"
+    f.write_text("def f():\n    import ray.train\n")
+    assert _imports_ray(f)
+    f.write_text("from .ray_utils import x\nimport rayon\n")
+    assert not _imports_ray(f)

@@ -11,7 +11,7 @@ from ttp_ray.training.config import (
     TrainingConfig,
     UserStageConfig,
 )
-from ttp_ray.training.user_stage import UserStageResult, fit_user_stage, split_by_query
+from ttp_ray.training.user_fit import UserStageResult, fit_user_stage, split_by_query
 
 __all__ = [
     "VARIANTS",

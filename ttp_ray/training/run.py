@@ -49,7 +49,8 @@ from ttp_ray.training.features_job import (
 from ttp_ray.training.global_fit import fit_global_head
 from ttp_ray.training.global_stage import run_global_stage
 from ttp_ray.training.global_worker import FaultInjection
-from ttp_ray.training.user_stage import fit_user_stage, run_user_stage, sort_rows, split_by_query
+from ttp_ray.training.user_fit import fit_user_stage, sort_rows, split_by_query
+from ttp_ray.training.user_stage import run_user_stage
 
 __all__ = ["run_train", "train_reward_models_local"]
 
@@ -339,7 +340,8 @@ def _train_variants(cfg: TrainingConfig, todo: list[str], cand_dir: Path, profil
     if cfg.user_stage_workers > 0:
         with _phase(summary, "user_stage"):
             models = run_user_stage(feat_dir, user_index, jobs, golden=cfg.golden,
-                                    num_workers=cfg.user_stage_workers, storage_path=storage, name="user-stage")
+                                    num_workers=cfg.user_stage_workers, storage_path=storage, name="user-stage",
+                                    use_gpu=cfg.use_gpu, resources_per_worker=cfg.resources_per_worker)
     else:
         t = sort_rows(read_feature_table(feat_dir, columns=["user_id", "query_id", "cand_idx", cfg.golden,
                                                             "features"]))

@@ -26,7 +26,7 @@ from ttp_ray.reward.config import UserStageConfig
 from ttp_ray.reward.pool import query_groups
 from ttp_ray.training.config import GlobalStageConfig
 from ttp_ray.training.global_fit import fit_global_head
-from ttp_ray.training.user_stage import UserStageResult, fit_user_stage, split_by_query
+from ttp_ray.training.user_fit import UserStageResult, fit_user_stage, split_by_query
 
 __all__ = ["GlobalOnly", "PoolScorer", "SweepData", "TrialOutcome", "bon_auc", "default_grid", "train_and_score"]
 

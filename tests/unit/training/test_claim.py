@@ -12,7 +12,8 @@ import torch
 from ttp_ray.reward.config import UserStageConfig
 from ttp_ray.training.config import GlobalStageConfig
 from ttp_ray.training.global_fit import fit_global_head
-from ttp_ray.training.user_stage import fit_user_stage, split_by_query, synthetic_bank_data
+from ttp_ray.training.synthetic_bank import synthetic_bank_data
+from ttp_ray.training.user_fit import fit_user_stage, split_by_query
 
 COLLAPSE = 0.1  # paper Fig. 6: collapsed users have ρ_u < 0.1 under a Det RM
 

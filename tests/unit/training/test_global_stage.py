@@ -18,7 +18,8 @@ from ttp_ray.training.features_job import (
 )
 from ttp_ray.training.global_fit import fit_global_head
 from ttp_ray.training.global_worker import GlobalModel, batch_to_torch
-from ttp_ray.training.user_stage import split_by_query, synthetic_bank_data
+from ttp_ray.training.synthetic_bank import synthetic_bank_data
+from ttp_ray.training.user_fit import split_by_query
 
 
 def test_fit_global_head_learns_and_keeps_the_best_epoch() -> None:

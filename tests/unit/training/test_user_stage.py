@@ -10,7 +10,8 @@ from ttp_ray.errors import TTPValidationError
 from ttp_ray.reward.config import UserStageConfig
 from ttp_ray.training.config import GlobalStageConfig
 from ttp_ray.training.global_fit import fit_global_head
-from ttp_ray.training.user_stage import fit_user_stage, split_by_query, synthetic_bank_data
+from ttp_ray.training.synthetic_bank import synthetic_bank_data
+from ttp_ray.training.user_fit import fit_user_stage, split_by_query
 
 
 def test_split_is_by_query_within_each_user() -> None:
