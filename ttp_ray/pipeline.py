@@ -20,7 +20,8 @@ from ttp_ray.pipeline_config import PipelineConfig, PipelineDatasetConfig, merge
 log = logging.getLogger(__name__)
 
 MODES = ("rm_train", "eval")
-_MARK = {True: "ok ", False: "NO ", None: "n/m"}  # n/m: not measurable on this data
+_MARK = {True: "ok ", False: "NO ", None: "n/m", "not resolved": "n/r"}  # n/m: not measurable on this data;
+# n/r: not resolved (ahead on the point estimate, but the paired interval over users reaches 0)
 
 
 
@@ -135,7 +136,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     for name, claims in merged["claims"].items():
         held = sum(bool(c["passed"]) for c in claims)
         show(f"claims on {name}: {held}/{len(claims)} hold"
-             + "".join(f"\n  {_MARK[c['passed']]} {c['claim']}: {c['detail']}" for c in claims))
+             + "".join(f"\n  {_MARK[c.get('mark') or c['passed']]} {c['claim']}: {c['detail']}"
+                       for c in claims))
     say(f"report: {cfg.run_dir / 'report.md'}")
     return merged
 

@@ -35,7 +35,11 @@ def _not_measurable(report: Mapping[str, Any], key: str) -> str | None:
 
 
 def check_claims(report: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """[{claim, passed (True/False/None = not checkable), detail}] for one dataset's evaluation report."""
+    """[{claim, passed (True/False/None = not checkable), detail[, mark]}] for one dataset's evaluation report.
+
+    "User-Prob beats the best training-free selector" is yes only when the paired interval over users
+    (report `paired`) lies above 0; ahead with an interval that reaches 0 is passed=None, mark "not resolved".
+    """
     out: list[dict[str, Any]] = []
 
     def add(claim: str, passed: bool | None, detail: str) -> None:
@@ -80,9 +84,18 @@ def check_claims(report: Mapping[str, Any]) -> list[dict[str, Any]]:
         if free:
             best_free = max(free, key=free.get)
             se = report["methods"][best_free].get("se", {}).get(report["golden"])
-            add(f"User-Prob beats the best training-free selector at N={n_max}", last > free[best_free],
-                f"user-prob {last:.4f} vs {best_free} {free[best_free]:.4f} ({last - free[best_free]:+.4f}"
-                + (f"; {best_free} s.e. {se[-1]:.4f})" if se else ")"))
+            detail = (f"user-prob {last:.4f} vs {best_free} {free[best_free]:.4f} ({last - free[best_free]:+.4f}"
+                      + (f"; {best_free} s.e. {se[-1]:.4f})" if se else ")"))
+            passed, mark = last > free[best_free], None
+            pair = report.get("paired", {}).get("methods", {}).get("user-prob")
+            if pair and pair.get("ci") and report["paired"].get("baseline") == best_free:
+                lo, hi = pair["ci"]
+                detail += (f"; share {pair['share_diff']:+.3f}, {pair['level']:.0%} CI [{lo:+.3f}, {hi:+.3f}] "
+                           f"over {pair['users']} users")
+                if passed and lo <= 0:  # ahead here, but resampling the users can reverse it
+                    passed, mark = None, "not resolved"
+            out.append({"claim": f"User-Prob beats the best training-free selector at N={n_max}",
+                        "passed": passed, "detail": detail, **({"mark": mark} if mark else {})})
     return out
 
 
@@ -91,6 +104,6 @@ def render_claims(claims_by_dataset: Mapping[str, list[Mapping[str, Any]]]) -> l
     md = ["## The method's claims on this run", "", "| dataset | claim | holds | measured |", "|---|---|---|---|"]
     for ds, claims in claims_by_dataset.items():
         for c in claims:
-            mark = {True: "yes", False: "**no**", None: "not measurable"}[c["passed"]]
+            mark = c.get("mark") or {True: "yes", False: "**no**", None: "not measurable"}[c["passed"]]
             md.append(f"| {ds} | {c['claim']} | {mark} | {c['detail']} |")
     return md

@@ -84,6 +84,9 @@ class EvaluationConfig(StageConfig):
         200, ge=0, description="N-subsets drawn per pool and N to evaluate MBR (its scores depend on the subset; "
         "0 = leave MBR out).")
     mbr_metric: Literal["rouge1", "rougeL"] = Field("rouge1", description="Similarity MBR's consensus uses.")
+    paired_resamples: int = Field(
+        2000, ge=0, description="Cluster-bootstrap resamples over users for the paired comparison of each RM "
+        "with the best training-free selector at N = max (report `paired`, the claims); 0 = off.")
     plots: bool = Field(True, description="Write PNG plots next to the report.")
     scatter_methods: tuple[str, str] = Field(
         ("user-det", "user-prob"),

@@ -52,6 +52,26 @@ def render_table(report: dict) -> str:
     return "\n".join(_table_block(report))
 
 
+def _paired_block(report: dict) -> list[str]:
+    """The RMs against the best training-free selector, paired on the same pools (`ttp_ray.evaluation.paired`)."""
+    p = report.get("paired")
+    if not p or not p.get("methods"):
+        return []
+    first = next(iter(p["methods"].values()))
+    md = ["", f"## Each RM against the best training-free selector ({p['baseline']}) at N={p['n']}", "",
+          f"Share of the oracle gain, RM minus {p['baseline']}, on the same pools; the interval is a cluster "
+          f"bootstrap over users ({first['resamples']} resamples, {first['users']} users, {first['queries']} "
+          "queries): it shows how far the gap could move had the evaluation drawn other users. An interval that "
+          "contains 0 does not tell the two apart.", "",
+          f"| method | share − {p['baseline']} | {first['level']:.0%} interval | users where the RM is ahead |",
+          "|---|---|---|---|"]
+    for m, d in p["methods"].items():
+        ci = d.get("ci")
+        md.append(f"| {m} | {_fmt(d['share_diff'], '+.3f')} | "
+                  + (f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "-") + f" | {d['a_better_users']} of {d['users']} |")
+    return md
+
+
 def render_markdown(report: dict, plots: dict[str, str] | None = None) -> str:
     """report.md: the headline table, diagnostics, law fit, theory fit, paper protocol, allocation, plots."""
     g0 = report["golden"]
@@ -75,6 +95,7 @@ def render_markdown(report: dict, plots: dict[str, str] | None = None) -> str:
                "re-scored on the same Monte-Carlo subsets as MBR (exact per subset: μ is affine in consensus; "
                "s.e. at N=max " + ", ".join(f"{m} {_fmt(report['methods'][m]['se'][g0][-1])}" for m in pool_aware)
                + "). Their diagnostics below use the whole-pool μ."]
+    md += _paired_block(report)
     cal = {m: e["calibration"] for m, e in report["methods"].items() if e.get("calibration")}
     if cal:
         md += ["", "## Calibration of σ on the evaluation pools (held out from RM training)", "",

@@ -280,6 +280,11 @@ def merge_reports(reports: list[dict]) -> dict:
                            law_r2=e["law"]["paper"]["r2"], per_query_law_r2=e["law"]["per_query"]["r2"])
             if "oracle_gain_captured" in e:
                 row["oracle_gain_captured"] = e["oracle_gain_captured"]
+            pair = r.get("paired", {}).get("methods", {}).get(m)
+            if pair and pair.get("share_diff") is not None:  # vs the best training-free selector, paired
+                row["vs_best_free"] = pair["share_diff"]
+                if pair.get("ci"):
+                    row["vs_best_free_ci_lo"], row["vs_best_free_ci_hi"] = pair["ci"]
             summary.setdefault(m, {})[name] = row
     return {"schema_version": REPORT_SCHEMA_VERSION, "kind": "ttp-evaluation-merged", "datasets": datasets,
             "summary": summary}

@@ -88,7 +88,9 @@ def summarize_seeds(reports: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
         reports: seed -> merged pipeline report (`report.json`: its `summary[method][dataset]` rows).
     Returns:
         {"seeds": [...], "datasets": {dataset: {method: {metric: {mean, sd, min, max}}}}}; metrics are
-        `at_n1`, `at_n_max`, and for RMs `oracle_gain_captured`, `alpha`, `beta`.
+        `at_n1`, `at_n_max`, and for RMs `oracle_gain_captured`, `alpha`, `beta` and, against the best
+        training-free selector (report `paired`), `vs_best_free` (share difference) with its interval over
+        users `vs_best_free_ci_lo` / `_hi`.
     """
     if not reports:
         raise ValueError("summarize_seeds needs at least one report")
@@ -96,7 +98,8 @@ def summarize_seeds(reports: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
     for seed in sorted(reports):
         for method, per_ds in reports[seed]["summary"].items():
             for ds, row in per_ds.items():
-                for k in ("at_n1", "at_n_max", "oracle_gain_captured", "alpha", "beta"):
+                for k in ("at_n1", "at_n_max", "oracle_gain_captured", "alpha", "beta", "vs_best_free",
+                          "vs_best_free_ci_lo", "vs_best_free_ci_hi"):
                     if row.get(k) is not None:
                         values.setdefault(ds, {}).setdefault(method, {}).setdefault(k, []).append(float(row[k]))
     return {"seeds": sorted(reports),
@@ -109,16 +112,25 @@ def _cell(ms: Mapping[str, Mapping[str, float]], key: str, fmt: str) -> str:
     return "-" if s is None else f"{s['mean']:{fmt}} ± {s['sd']:{fmt}}"
 
 
+def _paired_cell(ms: Mapping[str, Mapping[str, float]]) -> str:
+    """The share difference to the best training-free selector (mean ± sd over seeds) and the mean interval."""
+    d, lo, hi = ms.get("vs_best_free"), ms.get("vs_best_free_ci_lo"), ms.get("vs_best_free_ci_hi")
+    if d is None:
+        return ""
+    return f"{d['mean']:+.3f} ± {d['sd']:.3f}" + (f" [{lo['mean']:+.3f}, {hi['mean']:+.3f}]" if lo and hi else "")
+
+
 def render_seed_table(summary: Mapping[str, Any]) -> str:
     """One block per dataset: method, value at N=max and share of the oracle gain (mean ± sd over seeds)."""
     gens = summary.get("generation_seeds", [])
     lines = [f"RM seeds: {summary['seeds']} (same candidate pools; mean ± sd)" if len(gens) <= 1 else
              f"RM seeds {summary['seeds']} × generation seeds {gens} (mean ± sd over all pairs)"]
     for ds, per in summary["datasets"].items():
-        lines += ["", f"dataset: {ds}", f"{'method':<14}{'@N=max':>18}{'gain captured':>18}{'alpha':>14}{'beta':>14}"]
+        lines += ["", f"dataset: {ds}", f"{'method':<14}{'@N=max':>18}{'gain captured':>18}{'alpha':>14}{'beta':>14}"
+                  f"  {'vs best training-free (interval over users)'}"]
         for m, ms in per.items():
             lines.append(f"{m:<14}{_cell(ms, 'at_n_max', '.4f'):>18}{_cell(ms, 'oracle_gain_captured', '.3f'):>18}"
-                         f"{_cell(ms, 'alpha', '.2f'):>14}{_cell(ms, 'beta', '.2f'):>14}")
+                         f"{_cell(ms, 'alpha', '.2f'):>14}{_cell(ms, 'beta', '.2f'):>14}  {_paired_cell(ms)}")
         spread = summary.get("spread", {}).get(ds, {})
         if len(gens) > 1 and spread:
             lines += ["", "sd of the share of the oracle gain, by source: " + ", ".join(

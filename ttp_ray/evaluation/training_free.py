@@ -20,10 +20,11 @@ from ttp_ray.evaluation import bon
 from ttp_ray.evaluation.calibration import calibration
 from ttp_ray.evaluation.config import EvaluationConfig
 from ttp_ray.evaluation.jsonable import json_ready
+from ttp_ray.evaluation.paired import exact_at, paired_share_difference
 from ttp_ray.evaluation.subset_bon import subset_bon
 from ttp_ray.scoring.selectors import logprob_scores, mbr_from_matrix, pairwise_rouge, profile_mbr_scores
 
-__all__ = ["finish_training_free", "training_free_scores", "with_training_free"]
+__all__ = ["finish_training_free", "paired_section", "training_free_scores", "with_training_free"]
 
 
 def with_training_free(pools: bon.Pools, info: dict[str, Any],
@@ -65,17 +66,54 @@ def finish_training_free(report: dict, pools: bon.Pools, cols: dict[str, np.ndar
         if pool_w:
             raise DataError("pool-aware RMs need the candidates' texts and evaluation.mbr_subsets > 0 "
                             f"(methods {sorted(pool_w)})", file="<candidates>", field="text")
-        return report
+        return _with_paired(report, pools, {}, cfg)
     texts = list(cols["text"])
     sims = [pairwise_rouge(texts[pools.offsets[q]:pools.offsets[q + 1]], cfg.mbr_metric)
             for q in range(pools.n_queries)]
-    report["methods"]["mbr"] = _mbr_entry(report, pools, sims, cfg)
+    at_max: dict[str, np.ndarray] = {}  # per-query value at N = max of the subset-evaluated methods
+    report["methods"]["mbr"], at_max["mbr"] = _mbr_entry(report, pools, sims, cfg)
     for m, w in pool_w.items():
-        report["methods"][m].update(_pool_rm_entry(report, pools, sims, pools.scores[m], w, cfg))
+        entry, at_max[m] = _pool_rm_entry(report, pools, sims, pools.scores[m], w, cfg)
+        report["methods"][m].update(entry)
         report["methods"][m].pop("montecarlo", None)  # the exact-vs-draws cross-check is for per-candidate scores
         # the smooth exact curve was computed from whole-pool μ: plot the subset estimates at `ns` instead
         report.get("_plot_data", {}).get("curves", {}).pop(m, None)
+    return _with_paired(report, pools, at_max, cfg)
+
+
+def _with_paired(report: dict, pools: bon.Pools, at_max: Mapping[str, np.ndarray], cfg: EvaluationConfig) -> dict:
+    paired = paired_section(report, pools, at_max, cfg)
+    if paired:
+        report["paired"] = paired
     return report
+
+
+def paired_section(report: dict, pools: bon.Pools, at_max: Mapping[str, np.ndarray],
+                   cfg: EvaluationConfig) -> dict[str, Any]:
+    """Each RM against the best training-free selector at N = max, paired on the same pools, with a
+    cluster-bootstrap interval over users (`ttp_ray.evaluation.paired`); {} when either side is missing.
+
+    "Best" is the training-free selector with the largest share here, which favours the baseline (its
+    luck on these queries counts for it), so an interval above 0 is a conservative win."""
+    methods = report["methods"]
+    free = {m: e["oracle_gain_captured"] for m, e in methods.items()
+            if e.get("kind") == "training-free" and e.get("oracle_gain_captured") is not None}
+    rms = [m for m, e in methods.items() if e.get("kind") == "rm"]
+    if cfg.paired_resamples <= 0 or not free or not rms:
+        return {}
+    g, n = pools.golden[cfg.golden], int(report["ns"][-1])
+    best = max(free, key=free.get)
+
+    def values(m: str) -> np.ndarray:
+        return at_max[m] if m in at_max else exact_at(g, pools.scores[m], pools.offsets, n)
+
+    oracle, mean = exact_at(g, None, pools.offsets, n), exact_at(g, None, pools.offsets, 1)
+    out: dict[str, Any] = {"n": n, "baseline": best, "golden": cfg.golden, "methods": {}}
+    for m in rms:
+        out["methods"][m] = paired_share_difference(
+            values(m), values(best), oracle, mean, pools.user_codes, aggregate=cfg.aggregate,
+            resamples=cfg.paired_resamples, seed=cfg.seed)
+    return json_ready(out)
 
 
 def training_free_scores(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -93,18 +131,20 @@ def training_free_scores(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             "logprob-mean": logprob_scores(lp, nt, per_token=True)}
 
 
-def _mbr_entry(report: dict, pools: bon.Pools, sims: list[np.ndarray], cfg: EvaluationConfig) -> dict[str, Any]:
-    """MBR by Monte Carlo over N-subsets (its scores depend on the subset), with standard errors."""
+def _mbr_entry(report: dict, pools: bon.Pools, sims: list[np.ndarray],
+               cfg: EvaluationConfig) -> tuple[dict[str, Any], np.ndarray]:
+    """MBR by Monte Carlo over N-subsets (its scores depend on the subset), with standard errors; and its
+    per-query value at N = max."""
     mc = subset_bon(pools.golden, pools.offsets, report["ns"], lambda q, subs: mbr_from_matrix(sims[q], subs),
                     n_subsets=cfg.mbr_subsets, seed=cfg.seed)
-    return _subset_entry(report, pools, mc, cfg, kind="training-free")
+    return _subset_entry(report, pools, mc, cfg, kind="training-free"), mc[cfg.golden].mean[:, -1]
 
 
 _TIE_DECIMALS = 6  # μ comes from float32 heads: differences below ~1e-7 are rounding, not preference
 
 
 def _pool_rm_entry(report: dict, pools: bon.Pools, sims: list[np.ndarray], mu: np.ndarray, w: np.ndarray,
-                   cfg: EvaluationConfig) -> dict[str, Any]:
+                   cfg: EvaluationConfig) -> tuple[dict[str, Any], np.ndarray]:
     """A pool-aware RM's Best-of-N by Monte Carlo over N-subsets: μ_S(c) = μ(c) + w(c)·(cons_S(c) − cons(c)),
     exact for each subset because μ is affine in the consensus column (`ttp_ray.reward.pool`). Replaces the
     exact-BoN curves the report computed from the whole-pool μ; diagnostics and the law keep whole-pool μ."""
@@ -120,7 +160,7 @@ def _pool_rm_entry(report: dict, pools: bon.Pools, sims: list[np.ndarray], mu: n
     mc = subset_bon(pools.golden, offs, report["ns"], scorer, n_subsets=cfg.mbr_subsets, seed=cfg.seed)
     entry = _subset_entry(report, pools, mc, cfg, kind="rm")
     entry["pool_aware"] = True
-    return entry
+    return entry, mc[cfg.golden].mean[:, -1]
 
 
 def _subset_entry(report: dict, pools: bon.Pools, mc: dict, cfg: EvaluationConfig, *, kind: str) -> dict[str, Any]:
