@@ -110,6 +110,7 @@ def _config(data: dict[str, Any], rm_dir: Path, *, policy: bool, **extra: Any) -
         "auth": {"token_file": data["token_file"]},
         "scorer": {"num_cpus": 0.25, "max_batch_size": 8, "max_ongoing_requests": 16},
         "ingress": {"num_cpus": 0.25},
+        "max_queued_requests": 2,
         **extra,
     }
     if policy:
@@ -154,10 +155,13 @@ def scorer(data: dict[str, Any]) -> Any:
 # ------------------------------------------------------------------------------------------------ tests
 def test_healthz_and_openapi_are_public(app: dict[str, Any]) -> None:
     h = httpx.get(f"{app['base']}/healthz", timeout=30)
+    assert h.status_code == 200 and h.json() == {"status": "ok"}  # no RM version without a token
+    h = app["client"].get("/healthz")
     assert h.status_code == 200 and h.json()["status"] == "ok" and h.json()["generation"] is True
     assert h.json()["rm_version"].startswith("user-prob@")
     spec = httpx.get(f"{app['base']}/openapi.json", timeout=30).json()
-    assert {"/v1/select", "/v1/generate", "/v1/chat/completions", "/v1/models", "/healthz"} <= set(spec["paths"])
+    assert {"/v1/select", "/v1/generate", "/v1/chat/completions", "/v1/completions", "/v1/models",
+            "/healthz"} <= set(spec["paths"])
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     req = spec["components"]["schemas"]["SelectRequest"]["properties"]
     assert req["candidates"]["maxItems"] == 8 and req["user_id"]["maxLength"] == 16  # the configured bounds
@@ -279,30 +283,143 @@ def test_generate_personalized_and_profile_never_returned(app: dict[str, Any]) -
     assert len(r.json()["candidates"]) == app["cfg"].default_n
 
 
-def test_openai_client_unchanged(app: dict[str, Any]) -> None:
+def _openai(app: dict[str, Any]) -> Any:
     import openai
 
-    client = openai.OpenAI(base_url=f"{app['base']}/v1", api_key=TOKEN, max_retries=0, timeout=120)
-    resp = client.chat.completions.create(
-        model="ttp-best-of-n", messages=[{"role": "system", "content": "be brief"},
-                                         {"role": "user", "content": "Files: src/guide_2.py"}], n=2, user="bob")
-    assert len(resp.choices) == 1 and resp.choices[0].message.role == "assistant"
+    return openai.OpenAI(base_url=f"{app['base']}/v1", api_key=TOKEN, max_retries=0, timeout=120)
+
+
+MSGS = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "Files: src/guide_2.py"}]
+
+
+def test_openai_chat_best_of_n(app: dict[str, Any]) -> None:
+    """OpenAI semantics: best_of candidates sampled, the n best by mu returned best first, usage counts all."""
+    import openai
+
+    client = _openai(app)
+    resp = client.chat.completions.create(model="ttp-best-of-n", messages=MSGS, n=2, user="bob",
+                                          extra_body={"best_of": 3, "ttp_candidates": True})
     ext = resp.model_extra["ttp"]
-    assert len(ext["candidates"]) == 2 and ext["user_id"] == "bob" and ext["fallback"] is False
-    assert resp.choices[0].message.content == ext["candidates"][ext["chosen_index"]]["text"] == ext["chosen_text"]
+    assert len(resp.choices) == 2 and [c.index for c in resp.choices] == [0, 1]
+    assert resp.choices[0].message.role == "assistant" and ext["best_of"] == 3 and len(ext["candidates"]) == 3
+    assert ext["user_id"] == "bob" and ext["fallback"] is False and ext["selection"] == "rm"
+    mus = [c["mu"] for c in ext["candidates"]]
+    ranked = sorted(range(3), key=lambda i: -mus[i])
+    assert [c["index"] for c in ext["choices"]] == ranked[:2]
+    assert [c.message.content for c in resp.choices] == [ext["candidates"][i]["text"] for i in ranked[:2]]
+    assert resp.choices[0].message.content == ext["chosen_text"]
     assert resp.usage.completion_tokens == sum(c["num_tokens"] for c in ext["candidates"])
     assert resp.usage.prompt_tokens > 0 and resp.model == "ttp-best-of-n"
     assert [m.id for m in client.models.list().data] == ["ttp-best-of-n"]
-    anonymous = client.chat.completions.create(model="x", messages=[{"role": "user", "content": "Files: a.py"}])
-    assert anonymous.model_extra["ttp"]["fallback"] is True and anonymous.model_extra["ttp"]["user_id"] is None
-    assert len(anonymous.model_extra["ttp"]["candidates"]) == app["cfg"].default_n
+
+    # safety_identifier picks the user as `user` does; an unknown one falls back to the global RM, flagged.
+    safe = client.chat.completions.create(model="x", messages=MSGS, safety_identifier="alice")
+    assert safe.model_extra["ttp"]["user_id"] == "alice" and safe.model_extra["ttp"]["fallback"] is False
+    anonymous = client.chat.completions.create(model="x", messages=[{"role": "user", "content": "Files: a.py"}],
+                                               safety_identifier="nobody")
+    a_ext = anonymous.model_extra["ttp"]
+    assert a_ext["fallback"] is True and a_ext["user_id"] == "nobody" and a_ext["candidates"] is None
+    assert len(anonymous.choices) == 1 and a_ext["best_of"] == app["cfg"].default_n
+
+    # Sampling parameters are honoured: max_tokens below the deployment's caps every candidate.
+    short = client.chat.completions.create(model="x", messages=MSGS, max_tokens=2, temperature=0.9, top_p=0.8,
+                                           seed=7, stop=["\n"], extra_body={"best_of": 2, "ttp_candidates": True})
+    assert all(c["num_tokens"] <= 2 for c in short.model_extra["ttp"]["candidates"])
+    assert short.usage.completion_tokens <= 4
+    # selection by MBR / log-prob: the RM's mu is still reported, the order follows the method.
+    for method in ("mbr", "logprob"):
+        r = client.chat.completions.create(model="x", messages=MSGS, n=2, user="bob",
+                                           extra_body={"best_of": 3, "selection": method})
+        assert r.model_extra["ttp"]["selection"] == method and len(r.choices) == 2
 
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{app['base']}/v1", api_key="wrong-" + TOKEN, max_retries=0).models.list()
-    with pytest.raises(openai.UnprocessableEntityError, match="n"):
-        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "q"}], n=N_MAX + 1)
-    with pytest.raises(openai.UnprocessableEntityError, match="stream"):
-        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "q"}], stream=True)
+    for kwargs, name in [({"n": N_MAX + 1}, "n"), ({"n": 3, "extra_body": {"best_of": 2}}, "best_of"),
+                         ({"max_tokens": 9}, "max_tokens"), ({"logit_bias": {"1": 2}}, "logit_bias"),
+                         ({"presence_penalty": 0.5}, "presence_penalty"), ({"tools": []}, "tools")]:
+        with pytest.raises(openai.UnprocessableEntityError, match=name):
+            client.chat.completions.create(model="m", messages=MSGS, **kwargs)
+
+
+def test_openai_chat_stream(app: dict[str, Any]) -> None:
+    stream = _openai(app).chat.completions.create(model="x", messages=MSGS, n=2, user="carol", stream=True,
+                                                  extra_body={"best_of": 3})
+    chunks = list(stream)
+    assert all(c.object == "chat.completion.chunk" for c in chunks) and len({c.id for c in chunks}) == 1
+    text = {0: "", 1: ""}
+    finish = {}
+    for c in chunks:
+        for ch in c.choices:
+            text[ch.index] += ch.delta.content or ""
+            if ch.finish_reason:
+                finish[ch.index] = ch.finish_reason
+    last = chunks[-1]
+    ext = last.model_extra["ttp"]
+    assert set(finish) == {0, 1} and ext["best_of"] == 3 and last.usage.completion_tokens > 0
+    assert text[0] == ext["chosen_text"]
+    raw = app["client"].post("/v1/chat/completions", json={"model": "x", "messages": MSGS, "stream": True})
+    assert raw.headers["content-type"].startswith("text/event-stream")
+    assert raw.text.rstrip().endswith("data: [DONE]") and raw.text.count("data: [DONE]") == 1
+
+
+def test_openai_completions(app: dict[str, Any]) -> None:
+    import openai
+
+    client = _openai(app)
+    resp = client.completions.create(model="x", prompt="Files: src/lint_1.py", n=2, best_of=3, user="alice",
+                                     max_tokens=4)
+    ext = resp.model_extra["ttp"]
+    assert resp.object == "text_completion" and len(resp.choices) == 2 and ext["best_of"] == 3
+    assert resp.choices[0].text == ext["chosen_text"] and ext["user_id"] == "alice"
+    chunks = list(client.completions.create(model="x", prompt="Files: a.py", best_of=2, stream=True,
+                                            extra_body={"safety_identifier": "bob"}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == chunks[-1].model_extra["ttp"]["chosen_text"]
+    assert chunks[-1].model_extra["ttp"]["user_id"] == "bob"
+    with pytest.raises(openai.UnprocessableEntityError, match="echo"):
+        client.completions.create(model="x", prompt="q", echo=True)
+    with pytest.raises(openai.UnprocessableEntityError, match="suffix"):
+        client.completions.create(model="x", prompt="q", suffix="!")
+
+
+def test_http_errors_share_the_error_json(app: dict[str, Any]) -> None:
+    for method, path, status in [("GET", "/v1/nope", 404), ("GET", "/v1/chat/completions", 405),
+                                 ("DELETE", "/v1/select", 405)]:
+        r = app["client"].request(method, path)
+        assert r.status_code == status, r.text
+        assert r.json()["error"]["code"] == status and r.json()["error"]["message"]
+
+
+def test_overload_is_503_with_retry_after(app: dict[str, Any]) -> None:
+    """max_queued_requests=2 (the module's config): 8 simultaneous generations -> some 503s, the rest 200."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = {"model": "x", "messages": MSGS, "best_of": 3}
+    with ThreadPoolExecutor(8) as pool:
+        rs = list(pool.map(lambda _: app["client"].post("/v1/chat/completions", json=body), range(8)))
+    codes = sorted(r.status_code for r in rs)
+    assert set(codes) == {200, 503} and codes.count(200) >= 2, codes
+    busy = next(r for r in rs if r.status_code == 503)
+    assert busy.headers["retry-after"] == "1" and busy.json()["error"]["type"] == "overloaded"
+    assert app["client"].post("/v1/chat/completions", json=body).status_code == 200  # recovered
+
+
+def test_stalled_scorer_is_504(serve_port: int, data: dict[str, Any]) -> None:
+    """A scorer slower than the deadline (here: any real scorer, the deadline being 1 ms) -> 504, the app stays
+    healthy."""
+    from ray import serve
+
+    from ttp_ray.serving import build_application
+
+    serve.run(build_application(_config(data, data["rm_a"], policy=False, request_deadline_s=0.001)),
+              name="ttp-slow", route_prefix="/slow")
+    try:
+        base = f"http://127.0.0.1:{serve_port}/slow"
+        r = httpx.post(f"{base}/v1/select", json={"user_id": "alice", "query": "q", "candidates": ["a", "b"]},
+                       headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+        assert r.status_code == 504 and r.json()["error"]["code"] == 504, r.text
+        assert httpx.get(f"{base}/healthz", timeout=30).json() == {"status": "ok"}
+    finally:
+        serve.delete("ttp-slow")
 
 
 def test_schema_fuzz_finds_no_server_error(app: dict[str, Any]) -> None:
@@ -317,7 +434,7 @@ def test_schema_fuzz_finds_no_server_error(app: dict[str, Any]) -> None:
     seen: dict[str, list[int]] = {}
     for result in schema.get_all_operations():
         op = result.ok()
-        slow = op.path in ("/v1/generate", "/v1/chat/completions")
+        slow = op.path in ("/v1/generate", "/v1/chat/completions", "/v1/completions")
         strategy = op.as_strategy(GenerationMode.POSITIVE) | op.as_strategy(GenerationMode.NEGATIVE)
 
         @settings(max_examples=8 if slow else 25, deadline=None, database=None, derandomize=True,
@@ -330,7 +447,7 @@ def test_schema_fuzz_finds_no_server_error(app: dict[str, Any]) -> None:
             case.validate_response(response, checks=[response_schema_conformance])
 
         run()
-    assert len(seen) == 5
+    assert len(seen) == 6
     statuses = {s for codes in seen.values() for s in codes}
     assert 200 in statuses and 422 in statuses  # both valid and invalid inputs reached the app
 

@@ -177,6 +177,13 @@ class ServingConfig(StageConfig):
     port: int = Field(8000, ge=1, le=65535, description="Port the Serve HTTP proxy binds.")
     request_timeout_s: float | None = Field(
         120.0, gt=0, description="End-to-end HTTP timeout at the proxy (a stuck request becomes a 408, not a hang).")
+    max_queued_requests: int = Field(
+        64, ge=0, description="Generate/completion requests in flight per ingress replica; one more is a 503 with "
+        "Retry-After at once (not a wait until the proxy's timeout).")
+    request_deadline_s: float | None = Field(
+        60.0, gt=0, description="Per-request deadline inside the ingress: past it the request is cancelled and "
+        "answered 504. null: none (the proxy's request_timeout_s still applies).")
+    retry_after_s: int = Field(1, ge=1, description="`Retry-After` seconds sent with a 503.")
     access_log: bool = Field(True, description="Serve's per-request access log lines in every replica.")
     app_name: str = Field("ttp", min_length=1, description="Serve application name.")
     route_prefix: str = Field("/", pattern=r"^/", description="HTTP route prefix of the application.")

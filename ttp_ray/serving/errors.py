@@ -21,7 +21,8 @@ log = logging.getLogger("ray.serve")
 
 _MAX_ECHO = 120  # characters of an invalid input echoed back in `detail`
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-          413: "invalid_request_error", 422: "invalid_request_error", 503: "service_unavailable"}
+          405: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error",
+          503: "service_unavailable", 504: "timeout"}
 
 
 class AsciiJSONResponse(JSONResponse):
@@ -95,3 +96,13 @@ async def ttp_validation_handler(_: Request, exc: Exception) -> JSONResponse:
     param = getattr(cause, "parameter", None)
     message = cause.args[0] if cause.args else str(cause)
     return error_response(422, f"{param}: {message}" if param else message, param=param)
+
+
+async def http_error_handler(_: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own 400/404/405 (unknown path, wrong method, bad body) in the API's error JSON."""
+    status = int(getattr(exc, "status_code", 500))
+    detail = getattr(exc, "detail", None)
+    response = error_response(status, str(detail) if detail else "error")
+    for k, v in (getattr(exc, "headers", None) or {}).items():  # e.g. Allow on a 405
+        response.headers[k] = v
+    return response

@@ -18,6 +18,8 @@ class IngressMetrics:
         self.requests = metrics.Counter(
             "ttp_requests", description="HTTP requests by endpoint and status code.", tag_keys=("endpoint", "status")
         )
+        self.rejected = metrics.Counter(
+            "ttp_rejected_requests", description="Generation requests refused with 503 (max_queued_requests).")
         self.latency = metrics.Histogram(
             "ttp_request_latency_ms",
             description="End-to-end latency inside the ingress replica, by endpoint.",

@@ -70,17 +70,30 @@ class ChatChoice(BaseModel):
     logprobs: None = None
 
 
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
 class Usage(BaseModel):
     prompt_tokens: int
-    completion_tokens: int
+    completion_tokens: int = Field(description="Every generated token: all `best_of` candidates, not only the "
+                                               "returned ones.")
     total_tokens: int
 
 
 class TTPExtension(Selection):
-    """The best-of-N details OpenAI's schema has no room for: every candidate and its score."""
+    """The best-of-N details OpenAI's schema has no room for (`chosen_*` is the first choice)."""
 
     personalized_prompt: bool
-    candidates: list[ScoredCandidate]
+    selection: Literal["rm", "mbr", "logprob"] = Field(description="The method that ranked the candidates.")
+    best_of: int = Field(description="Candidates sampled.")
+    choices: list[CandidateScore] = Field(description="The returned choices' candidate index, mu and sigma, in "
+                                                      "choice order (mu is always the RM's, whatever ranked).")
+    candidates: list[ScoredCandidate] | None = Field(
+        None, description="Every candidate and its score; only when the request sets `ttp_candidates: true`.")
 
 
 class ChatCompletionResponse(BaseModel):
@@ -88,9 +101,19 @@ class ChatCompletionResponse(BaseModel):
     object: Literal["chat.completion"] = "chat.completion"
     created: int
     model: str
-    choices: list[ChatChoice] = Field(description="Exactly one: the selected candidate.")
+    choices: list[ChatChoice] = Field(description="The `n` best of `best_of` candidates, best first.")
     usage: Usage
     ttp: TTPExtension = Field(description="Extension: the candidates, their scores and the RM that chose.")
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice] = Field(description="The `n` best of `best_of` candidates, best first.")
+    usage: Usage
+    ttp: TTPExtension
 
 
 class ModelCard(BaseModel):
@@ -106,9 +129,11 @@ class ModelList(BaseModel):
 
 
 class Health(BaseModel):
+    """Without a valid token only `status`; with one, also the RM version and whether generation is served."""
+
     status: Literal["ok"]
-    rm_version: str
-    generation: bool
+    rm_version: str | None = None
+    generation: bool | None = None
 
 
 class ErrorBody(BaseModel):
@@ -128,19 +153,22 @@ class RequestModels:
     select: type[BaseModel]
     generate: type[BaseModel]
     chat: type[BaseModel]
+    completion: type[BaseModel]
 
 
-def build_request_models(b: BoundsConfig, default_n: int, fixed_max_tokens: int | None = None) -> RequestModels:
+def build_request_models(b: BoundsConfig, default_n: int, max_tokens: int | None = None) -> RequestModels:
     """Request models whose constraints are the configured bounds (they appear in the OpenAPI schema).
 
-    `fixed_max_tokens` is the deployment's fixed `policy.engine.sampling.max_tokens`: a chat request may not ask
-    for fewer (that limit could not be honoured), only for as many or more.
+    `max_tokens` is the deployment's `policy.engine.sampling.max_tokens`: the default and the upper bound of a
+    request's `max_tokens` (a smaller value is honoured).
     """
+    token_cap = max_tokens  # class bodies below define a field of that name
     UserId = Annotated[str, Field(min_length=1, max_length=b.max_user_id_chars, pattern=b.user_id_regex,
                                   description="The user whose reward model (and profile) is used.")]
     Query = Annotated[str, Field(min_length=1, max_length=b.max_query_chars), AfterValidator(_utf8)]
     Candidate = Annotated[str, Field(min_length=1, max_length=b.max_candidate_chars), AfterValidator(_utf8)]
     N = Annotated[int, Field(strict=True, ge=1, le=b.max_n, description="Number of candidates to generate and score.")]
+    Stop = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_utf8)]
 
     class SelectRequest(_Strict):
         """Score caller-supplied candidates with the user's RM and pick the best."""
@@ -171,35 +199,57 @@ def build_request_models(b: BoundsConfig, default_n: int, fixed_max_tokens: int 
                 return "\n".join(p.text for p in self.content)
             return self.content or ""
 
-    class ChatCompletionRequest(BaseModel):
-        """OpenAI chat completions. `user` picks the personal RM; `n` is the number of candidates; the last
-        `user` message is the query. Sampling (temperature, top_p, ...) is fixed by the deployment; those and
-        other unknown OpenAI fields are accepted and ignored. `max_tokens` below the deployment's is refused."""
+    class _OpenAIBestOfN(_Strict):
+        """What both OpenAI endpoints honour. Any other field is a 422 naming it (never silently ignored)."""
 
-        model_config = ConfigDict(extra="ignore")
         model: str = Field(max_length=256, description="Accepted for compatibility; one model is served.")
+        user: UserId | None = Field(None, description="User id: picks the personal RM (and profile); without "
+                                                      "it, or for an unknown user, the global RM scores.")
+        safety_identifier: UserId | None = Field(None, description="OpenAI's successor of `user`; same meaning.")
+        best_of: N | None = Field(None, description=f"Candidates to sample (default max({default_n}, n)).")
+        n: N = Field(1, description="Candidates returned, best first by the selection method; <= best_of.")
+        temperature: float | None = Field(None, ge=0.0, le=2.0, description="Sampling temperature.")
+        top_p: float | None = Field(None, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+        max_tokens: int | None = Field(None, ge=1, le=token_cap, description="Most tokens per candidate.")
+        stop: Stop | list[Stop] | None = Field(None, description="Up to 4 stop strings (replace the deployment's).")
+        seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Makes the candidates reproducible.")
+        stream: bool | None = Field(None, description="SSE chunks of the selected choice(s), then [DONE]. The first "
+                                                      "chunk comes only after every candidate is generated and ranked.")
+        selection: Literal["rm", "mbr", "logprob"] = Field(
+            "rm", description="Extension: rank by the user's RM (mu), by consensus (MBR, ROUGE-1) or by the "
+                              "policy's per-token log-prob.")
+        ttp_candidates: bool = Field(False, description="Extension: return every candidate under `ttp`.")
+
+        @field_validator("stop")
+        @classmethod
+        def _at_most_4(cls, v: str | list[str] | None) -> str | list[str] | None:
+            if isinstance(v, list) and len(v) > 4:
+                raise ValueError(f"at most 4 stop strings, got {len(v)}")
+            return v
+
+        @model_validator(mode="after")
+        def _n_within_best_of(self) -> Any:
+            if self.best_of is not None and self.n > self.best_of:
+                raise ValueError(f"n ({self.n}) must be <= best_of ({self.best_of}): n of the best_of candidates "
+                                 "are returned")
+            if self.user is not None and self.safety_identifier is not None and self.user != self.safety_identifier:
+                raise ValueError("user and safety_identifier name different users; give one")
+            return self
+
+        def user_id(self) -> str | None:
+            return self.safety_identifier if self.safety_identifier is not None else self.user
+
+        def candidates_to_sample(self) -> int:
+            return self.best_of if self.best_of is not None else min(max(default_n, self.n), b.max_n)
+
+        def stops(self) -> tuple[str, ...] | None:
+            return None if self.stop is None else ((self.stop,) if isinstance(self.stop, str) else tuple(self.stop))
+
+    class ChatCompletionRequest(_OpenAIBestOfN):
+        """OpenAI chat completions, best-of-N: the last `user` message is the query."""
+
         messages: list[ChatMessage] = Field(min_length=1, max_length=b.max_messages)
-        user: UserId | None = Field(None, description="User id; without it the global RM scores.")
-        n: N = default_n
-        stream: bool | None = Field(
-            None, description="Must be false: best-of-N selects after all candidates finish.")
-        max_tokens: int | None = Field(None, ge=1, description=f"Must be >= the deployment's {fixed_max_tokens}.")
-        max_completion_tokens: int | None = Field(None, ge=1, description="Same as `max_tokens`.")
-
-        @field_validator("max_tokens", "max_completion_tokens")
-        @classmethod
-        def _not_below_deployment(cls, v: int | None) -> int | None:
-            if v is not None and fixed_max_tokens is not None and v < fixed_max_tokens:
-                raise ValueError(f"{v} is below this deployment's fixed limit of {fixed_max_tokens} tokens per "
-                                 "candidate; omit it or ask for at least that")
-            return v
-
-        @field_validator("stream")
-        @classmethod
-        def _no_stream(cls, v: bool | None) -> bool | None:
-            if v:
-                raise ValueError("stream=true is not supported: best-of-N selects after all candidates finish")
-            return v
+        max_completion_tokens: int | None = Field(None, ge=1, le=token_cap, description="Same as `max_tokens`.")
 
         @model_validator(mode="after")
         def _has_query(self) -> Any:
@@ -215,4 +265,18 @@ def build_request_models(b: BoundsConfig, default_n: int, fixed_max_tokens: int 
             users = [m for m in self.messages if m.role == "user"]
             return users[-1].text() if users else ""
 
-    return RequestModels(SelectRequest, GenerateRequest, ChatCompletionRequest)
+        def token_limit(self) -> int | None:
+            return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    class CompletionRequest(_OpenAIBestOfN):
+        """OpenAI (legacy) completions, best-of-N: `prompt` is the query."""
+
+        prompt: Query | Annotated[list[Query], Field(min_length=1, max_length=1)]
+
+        def query(self) -> str:
+            return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+        def token_limit(self) -> int | None:
+            return self.max_tokens
+
+    return RequestModels(SelectRequest, GenerateRequest, ChatCompletionRequest, CompletionRequest)
