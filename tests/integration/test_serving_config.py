@@ -91,7 +91,7 @@ def _field_errors(model: type, payload: dict) -> set[str]:
 def test_request_models_enforce_each_bound() -> None:
     b = BoundsConfig(max_n=4, max_candidates=3, max_candidate_chars=10, max_query_chars=20, max_user_id_chars=8,
                      max_messages=2)
-    m = build_request_models(b, default_n=2, fixed_max_tokens=16)
+    m = build_request_models(b, default_n=2, max_tokens=16)
     ok = {"user_id": "u1", "query": "q", "candidates": ["a", "b"]}
     assert m.select.model_validate(ok).candidates == ["a", "b"]
     assert _field_errors(m.select, {**ok, "candidates": ["a"] * 4}) == {"candidates"}
@@ -107,12 +107,14 @@ def test_request_models_enforce_each_bound() -> None:
     assert _field_errors(m.generate, {"user_id": "u1", "query": "q", "n": 5}) == {"n"}
     assert _field_errors(m.generate, {"user_id": "u1", "query": "q", "n": 0}) == {"n"}
     chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-    assert m.chat.model_validate({**chat, "unknown_openai_field": 1}).query() == "hi"
+    assert _field_errors(m.chat, {**chat, "unknown_openai_field": 1}) == {"unknown_openai_field"}
     assert _field_errors(m.chat, {**chat, "messages": [{"role": "user", "content": "hi"}] * 3}) == {"messages"}
     assert _field_errors(m.chat, {**chat, "messages": [{"role": "system", "content": "hi"}]}) == {""}
-    assert _field_errors(m.chat, {**chat, "stream": True}) == {"stream"}
-    assert _field_errors(m.chat, {**chat, "max_tokens": 8}) == {"max_tokens"}
-    assert m.chat.model_validate({**chat, "max_completion_tokens": 64, "temperature": 0.2}).n == 2
+    assert m.chat.model_validate({**chat, "stream": True}).stream is True
+    assert m.chat.model_validate({**chat, "max_tokens": 8}).token_limit() == 8  # below the deployment's: honoured
+    assert _field_errors(m.chat, {**chat, "max_tokens": 17}) == {"max_tokens"}
+    r = m.chat.model_validate({**chat, "max_completion_tokens": 16, "temperature": 0.2})
+    assert r.n == 1 and r.candidates_to_sample() == 2
     parts = {**chat, "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text",
                                                                                               "text": "b"}]}]}
     assert m.chat.model_validate(parts).query() == "a\nb"
