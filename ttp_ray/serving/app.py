@@ -162,6 +162,7 @@ def build_api(ingress: Ingress) -> FastAPI:
     api.add_exception_handler(DeadlineExceeded, lambda _, e: error_response(504, str(e), err_type="timeout"))
     api.add_exception_handler(Exception, internal_error_handler)
     guarded = {"dependencies": [Security(_bearer)], "responses": _ERRORS}
+    streaming = {**guarded, "responses": {**_ERRORS, 200: {"content": {"text/event-stream": {}}}}}
     token = ingress.token.encode() if ingress.token else None
 
     @api.get("/healthz", response_model=Health, response_model_exclude_none=True, tags=["ops"],
@@ -219,8 +220,7 @@ def build_api(ingress: Ingress) -> FastAPI:
         return StreamingResponse(openai_api.sse_chunks(chat, cfg.served_model_name, gen, order, req.n, ext),
                                  media_type="text/event-stream")
 
-    @api.post("/v1/chat/completions", response_model=ChatCompletionResponse, tags=["openai"],
-              responses={200: {"content": {"text/event-stream": {}}}}, **guarded)
+    @api.post("/v1/chat/completions", response_model=ChatCompletionResponse, tags=["openai"], **streaming)
     async def chat_completions(req: ChatCompletionRequest) -> ChatCompletionResponse | StreamingResponse:  # type: ignore[valid-type]
         gen, s, order, ext = await best_of_n(req)
         if req.stream:
@@ -231,8 +231,7 @@ def build_api(ingress: Ingress) -> FastAPI:
                                 finish_reason=openai_api.finish_reason(gen, i)) for k, i in enumerate(order[:req.n])],
             usage=openai_api.usage(gen), ttp=ext)
 
-    @api.post("/v1/completions", response_model=CompletionResponse, tags=["openai"],
-              responses={200: {"content": {"text/event-stream": {}}}}, **guarded)
+    @api.post("/v1/completions", response_model=CompletionResponse, tags=["openai"], **streaming)
     async def completions(req: CompletionRequest) -> CompletionResponse | StreamingResponse:  # type: ignore[valid-type]
         gen, s, order, ext = await best_of_n(req)
         if req.stream:
