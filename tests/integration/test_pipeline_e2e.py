@@ -147,13 +147,13 @@ def _serve_run_and_chat(run_dir: Path, dataset: str) -> None:
         query = next(q["query_text"] for q in queries if q["user_id"] == user)
         client = openai.OpenAI(base_url=f"{base}/v1", api_key=token, max_retries=0, timeout=180)
         resp = client.chat.completions.create(model="ttp-best-of-n", messages=[{"role": "user", "content": query}],
-                                              user=user)
+                                              user=user, extra_body={"ttp_candidates": True})
         assert len(resp.choices) == 1 and resp.choices[0].message.role == "assistant"
         choice = resp.choices[0].message.content
         ext = resp.model_extra["ttp"]
         assert isinstance(choice, str) and choice == ext["chosen_text"] and resp.usage.completion_tokens > 0
         assert ext["user_id"] == user and ext["fallback"] is False and ext["rm_method"] == "user-prob"
-        assert len(ext["candidates"]) == 4  # the run's generation.n_candidates
+        assert len(ext["candidates"]) == 4  # the run's generation.n_candidates (listed on request only)
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"{base}/v1", api_key="not-" + token, max_retries=0).models.list()
     finally:
