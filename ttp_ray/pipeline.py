@@ -25,37 +25,83 @@ _MARK = {True: "ok ", False: "NO ", None: "n/m", "not resolved": "n/r"}  # n/m: 
 
 
 
+SETTINGS_FILE = "_settings.json"  # the settings a stage's outputs were made with (the resume rule)
+
+
+def _settings_match(out: Path, fp: dict[str, Any], done: Path, label: str) -> bool:
+    """True when `done` exists and `out/_settings.json` records exactly `fp`; else say what changed (when a
+    previous run left a record)."""
+    marker = out / SETTINGS_FILE
+    old = json.loads(marker.read_text()) if marker.is_file() else None
+    if old == fp and done.is_file():
+        return True
+    if old is not None and old != fp:
+        changed = sorted(k for k in {*fp, *old} if fp.get(k) != old.get(k))
+        say(f"{label}: settings changed since the last run ({', '.join(changed)}), rerunning")
+    elif old is None and done.is_file():
+        say(f"{label}: no record of the settings it was made with, rerunning")
+    return False
+
+
+def _write_settings(out: Path, fp: dict[str, Any]) -> None:
+    tmp = out / f".{SETTINGS_FILE}.tmp"
+    tmp.write_text(json.dumps(fp, indent=1, sort_keys=True) + "\n")
+    tmp.rename(out / SETTINGS_FILE)
+
+
+def data_fingerprint(d: PipelineDatasetConfig) -> dict[str, Any]:
+    """What the data stage's tables depend on: the dataset entry's loading settings (not how its candidates are
+    made or its RMs trained)."""
+    from ttp_ray.data.config import DatasetConfig
+
+    return d.model_dump(mode="json", include=set(DatasetConfig.model_fields))
+
+
 def stage_data(cfg: PipelineConfig, d: PipelineDatasetConfig) -> dict[str, Any]:
     from ttp_ray.data.loaders import run_load
 
     out = cfg.run_dir / "data" / d.name
-    if (out / "summary.json").is_file():
+    fp = data_fingerprint(d)
+    if _settings_match(out, fp, out / "summary.json", f"data/{d.name}"):
         say(f"data/{d.name}: done already, skipping")
         return json.loads((out / "summary.json").read_text())
-    return run_load(d, out).summary()
+    (out / "summary.json").unlink(missing_ok=True)  # a failed reload must not leave the old tables looking done
+    summary = run_load(d, out).summary()
+    _write_settings(out, fp)
+    return summary
 
 
 def _write_simulated(cfg: PipelineConfig, d: PipelineDatasetConfig, mode: str) -> dict[str, Any]:
+    import hashlib
+
     import pyarrow.parquet as pq
 
     from ttp_ray.data.dataset import LoadedDataset
     from ttp_ray.data.simulated import simulate_pools
 
     out = cfg.run_dir / "candidates" / d.name / mode
-    done = out / "part-simulated.parquet"
-    if done.is_file():
-        say(f"candidates/{d.name}/{mode}: done already, skipping")
-        return {"candidates": pq.read_metadata(done).num_rows, "skipped": True}
-    ds = LoadedDataset.read(cfg.run_dir / "data" / d.name)
+    data_dir = cfg.run_dir / "data" / d.name
     g = cfg.generation
     n = g.n_candidates if mode == "eval" else g.rm_train.candidates_per_item
     items = None if mode == "eval" else g.rm_train.items_per_user
+    fp = {"n": n, "items_per_user": items, "simulated": d.simulated.model_dump(mode="json"),
+          "data": {name: hashlib.sha256((data_dir / name).read_bytes()).hexdigest()
+                   for name in ("profile.parquet", "queries.parquet")}}
+    # the part's name carries the settings' hash, so the RM stage's fingerprint (part names) sees a change too
+    done = out / f"part-simulated-{hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:12]}.parquet"
+    if _settings_match(out, fp, done, f"candidates/{d.name}/{mode}"):
+        say(f"candidates/{d.name}/{mode}: done already, skipping")
+        return {"candidates": pq.read_metadata(done).num_rows, "skipped": True}
+    ds = LoadedDataset.read(data_dir)
     table = simulate_pools(ds, mode=mode, n_candidates=n, max_items_per_user=items,
                            quality_spread=d.simulated.quality_spread, seed=d.simulated.seed)
     out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("part-simulated*.parquet"):  # the pools of other settings
+        old.unlink()
     tmp = out / ".part-simulated.parquet.tmp"
     pq.write_table(table, tmp)
     tmp.rename(done)
+    _write_settings(out, fp)
     say(f"candidates/{d.name}/{mode}: {table.num_rows} simulated candidates")
     return {"candidates": table.num_rows, "skipped": False}
 
