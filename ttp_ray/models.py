@@ -89,3 +89,42 @@ def resolve_model(name: str) -> str:
     if name == ENCODER_DEFAULT:
         return str(_minilm_dir())
     return name
+
+
+# ---- precision and attention kernels (the RM backbone and the hf policy engine) ---------------------------------
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+ATTENTION = ("auto", "sdpa", "flash_attention_2", "eager")
+
+
+def resolve_dtype(name: str, device: str):  # noqa: ANN201 - torch.dtype (torch is imported lazily)
+    """`auto`: float32 on CPU (bf16 is emulated and ~4x slower on these cores), bfloat16 on CUDA."""
+    import torch
+
+    if name == "auto":
+        return torch.float32 if device == "cpu" else torch.bfloat16
+    if name not in DTYPES:
+        raise TTPValidationError(f"unknown dtype {name!r}; known: {list(DTYPES)}", parameter="dtype", value=name)
+    return getattr(torch, name)
+
+
+def resolve_attention(name: str, device: str, dtype: object) -> str:
+    """The `attn_implementation` transformers gets: flash-attention 2 only where it can run (the `flash_attn`
+    package installed, a CUDA device, 16-bit weights), else PyTorch's sdpa — with a log line when a request
+    for flash-attention 2 falls back, so a GPU run that silently lost its kernel is visible in the job log."""
+    import torch
+
+    if name not in ATTENTION:
+        raise TTPValidationError(f"unknown attn_implementation {name!r}; known: {list(ATTENTION)}",
+                                 parameter="attn_implementation", value=name)
+    if name in ("sdpa", "eager"):
+        return name
+    missing = [why for ok, why in (
+        (importlib.util.find_spec("flash_attn") is not None, "the flash_attn package is not installed"),
+        (device != "cpu", f"the device is {device}"),
+        (dtype in (torch.bfloat16, torch.float16), f"the weights are {dtype}"),
+    ) if not ok]
+    if not missing:
+        return "flash_attention_2"
+    if name == "flash_attention_2":
+        log.warning("attn_implementation=flash_attention_2 falls back to sdpa: %s", "; ".join(missing))
+    return "sdpa"

@@ -41,6 +41,10 @@ class EngineConfig(StageConfig):
         POLICY_DEFAULT, description="Bundled short name, HF id or local folder (resolved with `resolve_model`).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="`auto`: float32 on CPU (bf16 is emulated and ~4x slower there), bfloat16 on GPU.")
+    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = Field(
+        "auto", description="hf engine's attention kernel: `auto`/`flash_attention_2` take flash-attention 2 where "
+        "it can run (flash_attn installed, CUDA, 16-bit weights) and fall back to sdpa with a log line. vLLM "
+        "picks its own attention backend.")
     max_model_len: int = Field(2048, ge=16, description="Context length: prompt tokens + `sampling.max_tokens`.")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallelism (GPUs per engine).")
     gpu_memory_utilization: float | None = Field(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ttp_ray.errors import TTPValidationError
-from ttp_ray.models import resolve_model
+from ttp_ray.models import resolve_attention, resolve_dtype, resolve_model
 
 __all__ = ["Backbone", "is_decoder_config"]
 
@@ -43,7 +44,11 @@ class Backbone(nn.Module):
         name: a bundled short name (`minilm-l6`), an HF id or a local folder.
         pooling: "auto" (mean for encoders, last token for decoders), "mean" or "last".
         device: torch device for the model.
-        dtype: parameter dtype (float32 on CPU; bf16 is emulated and slow on these cores).
+        dtype: weight dtype, a name of `ttp_ray.models.DTYPES` ("auto": float32 on CPU, where bf16 is emulated
+            and slow, bfloat16 on CUDA) or a torch dtype. LoRA adapters stay float32 over 16-bit weights (peft's
+            default), so the trainable parameters and the optimizer state are full precision.
+        attn_implementation: "auto"/"flash_attention_2" take flash-attention 2 where it can run, else sdpa
+            (`ttp_ray.models.resolve_attention`); "sdpa" or "eager" as given.
     """
 
     def __init__(
@@ -52,16 +57,29 @@ class Backbone(nn.Module):
         *,
         pooling: Literal["auto", "mean", "last"] = "auto",
         device: str = "cpu",
-        dtype: torch.dtype = torch.float32,
+        dtype: str | torch.dtype = "auto",
+        attn_implementation: str = "auto",
     ) -> None:
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
 
         self.name = name
         path = resolve_model(name)
+        dev = torch.device(device).type
+        self.dtype = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, dev)
+        self.attn_implementation = resolve_attention(attn_implementation, dev, self.dtype)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModel.from_pretrained(path, dtype=dtype)
+            try:
+                self.model = AutoModel.from_pretrained(path, dtype=self.dtype,
+                                                       attn_implementation=self.attn_implementation)
+            except ValueError as e:  # an architecture without sdpa: transformers' reference attention
+                if self.attn_implementation == "eager":
+                    raise
+                log.warning("backbone %s: %s attention unsupported (%s); using eager", name,
+                            self.attn_implementation, e)
+                self.attn_implementation = "eager"
+                self.model = AutoModel.from_pretrained(path, dtype=self.dtype, attn_implementation="eager")
         except OSError as e:
             raise TTPValidationError(
                 f"cannot load backbone {name!r} (resolved to {path!r}): {e}", parameter="backbone", value=name
@@ -75,8 +93,12 @@ class Backbone(nn.Module):
         self.tokenizer.padding_side = "right"  # last-token pooling indexes the last real token
         self.dim = int(self.model.config.hidden_size)
         self.model.to(device)
-        self.device = torch.device(device)
         self.freeze()
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are now (a Ray Train worker moves the whole model to its GPU after building it)."""
+        return next(self.model.parameters()).device
 
     # ---- training modes -------------------------------------------------------------------------------------
     def freeze(self) -> None:
@@ -89,6 +111,20 @@ class Backbone(nn.Module):
         """Full fine-tuning."""
         for p in self.model.parameters():
             p.requires_grad_(True)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute activations in the backward pass (memory for time: long prompts on a 1.5B backbone).
+        Non-reentrant checkpointing, so frozen embeddings under LoRA need no `enable_input_require_grads`."""
+        base = self.model.get_base_model() if hasattr(self.model, "peft_config") else self.model
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.config.use_cache = False
+
+    def save_adapter(self, path: str | Path) -> None:
+        """The LoRA adapters in PEFT's own format (`adapter_config.json` + `adapter_model.safetensors`), so that
+        `PeftModel.from_pretrained(AutoModel.from_pretrained(base), path)` rebuilds the tuned backbone."""
+        if not hasattr(self.model, "peft_config"):
+            raise ValueError("save_adapter needs a LoRA backbone (apply_lora first)")
+        self.model.save_pretrained(str(path), safe_serialization=True)
 
     def apply_lora(
         self, r: int = 8, alpha: int = 16, dropout: float = 0.0, target_modules: Sequence[str] | None = None

@@ -43,7 +43,7 @@ class FeatureConfig(StageConfig):
     """How a (user, query, candidate) triple becomes one feature vector.
 
     Parameters that control the backbone:
-        backbone, pooling, max_query_tokens, max_cand_tokens, encode_batch_size.
+        backbone, dtype, attn_implementation, pooling, max_query_tokens, max_cand_tokens, encode_batch_size.
     Parameters that control the features:
         mode, blocks, query_cache_size.
     """
@@ -52,6 +52,14 @@ class FeatureConfig(StageConfig):
         ENCODER_DEFAULT,
         description="HF encoder or decoder (`minilm-l6` bundled; paper scale `Qwen/Qwen2.5-1.5B`), resolved by "
         "`ttp_ray.models.resolve_model`.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Backbone weight dtype. `auto`: float32 on CPU (bf16 is emulated and slow there), "
+        "bfloat16 on CUDA. LoRA adapters and heads stay float32; full fine-tuning always loads float32 weights.",
+    )
+    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = Field(
+        "auto", description="Backbone attention kernel: `auto`/`flash_attention_2` use flash-attention 2 where it "
+        "can run (flash_attn installed, CUDA, 16-bit weights) and fall back to sdpa with a log line.",
     )
     pooling: Literal["auto", "mean", "last"] = Field(
         "auto", description="Pooling of token states: mean for encoders, last token for decoders when 'auto'."

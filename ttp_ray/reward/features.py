@@ -223,7 +223,8 @@ class Featurizer:
     @classmethod
     def from_config(cls, cfg: FeatureConfig, device: str = "cpu") -> Featurizer:
         """Load the backbone only when a block needs it."""
-        backbone = Backbone(cfg.backbone, pooling=cfg.pooling, device=device) if needs_backbone(cfg) else None
+        backbone = (Backbone(cfg.backbone, pooling=cfg.pooling, device=device, dtype=cfg.dtype,
+                             attn_implementation=cfg.attn_implementation) if needs_backbone(cfg) else None)
         return cls(backbone, cfg)
 
     # ---- user contexts --------------------------------------------------------------------------------------

@@ -69,6 +69,7 @@ __all__ = [
 
 FORMAT_VERSION = "1"
 MANIFEST = "manifest.json"
+ADAPTER = "adapter"  # the LoRA adapters in PEFT's format (adapter_config.json + adapter_model.safetensors)
 # A reader re-pins the version at most this often when saves delete it under its feet, backing off between tries
 # (5 tries starved a reader process under back-to-back saves on a loaded 2-core machine: CI run, 2026-12-07).
 _READ_ATTEMPTS = 50
@@ -256,8 +257,12 @@ def save_rm_checkpoint(
     training: dict[str, Any] | None = None,
     backbone_state: Mapping[str, torch.Tensor] | None = None,
     metrics: dict[str, Any] | None = None,
+    adapter_dir: str | Path | None = None,
 ) -> Path:
     """Write a new version of the variant and swap it in atomically (see the module docstring); returns `out_dir`.
+
+    `adapter_dir`: a PEFT adapter folder (`Backbone.save_adapter`) copied in as `adapter/`, for tools that load
+    the tuned backbone with `PeftModel.from_pretrained`; our own loader reads `backbone.safetensors`.
 
     Readers of `out_dir` see the previous version until the new one is complete and on disk, then the new one;
     never a missing or half-written checkpoint.
@@ -275,6 +280,10 @@ def save_rm_checkpoint(
         _write_variant(tmp, variant=variant, head=head, feature_cfg=feature_cfg, embed_dim=embed_dim,
                        user_index=user_index, contexts=contexts, population=population, model=model,
                        training=training, backbone_state=backbone_state, metrics=metrics)
+        if adapter_dir is not None:
+            shutil.copytree(adapter_dir, tmp / ADAPTER)
+            for f in (tmp / ADAPTER).iterdir():
+                fsync_file(f)
         for f in tmp.iterdir():
             fsync_file(f)
         fsync_dir(tmp)

@@ -194,11 +194,11 @@ class FeatureUDF:
     """Ray Data `map_batches` callable: holds the encoder; builds user contexts lazily from the profile."""
 
     def __init__(self, feature_cfg: dict[str, Any], profile_ref: Any, backbone_state_ref: Any = None,
-                 lora: dict[str, Any] | None = None) -> None:
+                 lora: dict[str, Any] | None = None, device: str = "cpu") -> None:
         import ray
 
         torch.set_num_threads(max(1, torch.get_num_threads()))
-        self.featurizer = Featurizer.from_config(FeatureConfig.model_validate(feature_cfg))
+        self.featurizer = Featurizer.from_config(FeatureConfig.model_validate(feature_cfg), device=device)
         if backbone_state_ref is not None:
             state = ray.get(backbone_state_ref)
             if lora:
@@ -231,6 +231,7 @@ def run_features_job(
     num_cpus_per_actor: float = 1.0,
     backbone_state: Mapping[str, torch.Tensor] | None = None,
     lora: dict[str, Any] | None = None,
+    num_gpus_per_actor: float = 0.0,
 ) -> Path:
     """Ray Data pass: `candidates_dir` Parquet -> `out_dir/part-*.parquet` feature rows (skipped if done).
 
@@ -254,11 +255,13 @@ def run_features_job(
     ds = ds.map_batches(
         FeatureUDF,
         fn_constructor_kwargs={"feature_cfg": feature_cfg.model_dump(), "profile_ref": profile_ref,
-                               "backbone_state_ref": state_ref, "lora": lora},
+                               "backbone_state_ref": state_ref, "lora": lora,
+                               "device": "cuda" if num_gpus_per_actor > 0 else "cpu"},
         batch_size=batch_size,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=num_actors),
         num_cpus=num_cpus_per_actor,
+        num_gpus=num_gpus_per_actor or None,
     )
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():

@@ -84,11 +84,18 @@ class GlobalModel(nn.Module):
         from ttp_ray.reward.features import STATIC_SCALARS, assemble
 
         fc, bb = self.feature_cfg, self.backbone
-        e_c = bb.pooled(bb.tokenize(list(batch["text"]), fc.max_cand_tokens))
-        e_q = bb.pooled(bb.tokenize(list(batch["query_text"]), fc.max_query_tokens))
+        blocks = fc.resolved_blocks()
+        cands, queries = list(batch["text"]), list(batch["query_text"])
+        e_c = e_q = h_pair = None
+        if {"cand", "cand_x_query", "cand_x_user", "cos_query", "cos_user"} & set(blocks):
+            e_c = bb.pooled(bb.tokenize(cands, fc.max_cand_tokens))
+        if {"cand_x_query", "cos_query"} & set(blocks):
+            e_q = bb.pooled(bb.tokenize(queries, fc.max_query_tokens))
+        if any(b.startswith("pair") for b in blocks):  # the paper's RM: last token of prompt ⊕ candidate
+            h_pair = bb.pooled(bb.tokenize(queries, fc.max_query_tokens + fc.max_cand_tokens, pairs=cands))
         scal = batch["scalars"]
-        return assemble(fc.resolved_blocks(), cu=batch["cu"],
-                        scalars={k: scal[:, i] for i, k in enumerate(STATIC_SCALARS)}, e_c=e_c, e_q=e_q)
+        return assemble(blocks, cu=batch["cu"], scalars={k: scal[:, i] for i, k in enumerate(STATIC_SCALARS)},
+                        e_c=e_c, e_q=e_q, h_pair=h_pair)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         x = self.features(batch)
@@ -174,11 +181,17 @@ def build_model(loop: GlobalLoopConfig) -> GlobalModel:
     from ttp_ray.reward.backbone import Backbone
 
     fcfg = loop.feature_cfg
-    backbone = Backbone(fcfg.backbone, pooling=fcfg.pooling)
+    # Full fine-tuning trains every weight: keep them float32 (AdamW on bf16 weights loses small updates). Under
+    # LoRA the frozen base takes `fcfg.dtype` (bf16 on GPU) and the adapters stay float32.
+    dtype = fcfg.dtype if gcfg.backbone_mode == "lora" else "float32"
+    backbone = Backbone(fcfg.backbone, pooling=fcfg.pooling, device="cuda" if loop.use_gpu else "cpu", dtype=dtype,
+                        attn_implementation=fcfg.attn_implementation)
     if gcfg.backbone_mode == "lora":
         backbone.apply_lora(gcfg.lora_r, gcfg.lora_alpha, gcfg.lora_dropout, gcfg.lora_target_modules)
     else:
         backbone.unfreeze()
+    if gcfg.gradient_checkpointing:
+        backbone.enable_gradient_checkpointing()
     backbone.model.train()
     return GlobalModel(heads, backbone, fcfg)
 

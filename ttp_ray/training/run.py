@@ -279,7 +279,8 @@ def run_train(
             with _phase(summary, "scoring"):
                 run_scoring_job(eval_dir, rm_dir, scores_path, cfg.variants,
                                 num_actors=cfg.feature_job.num_actors, batch_size=cfg.score_batch_size,
-                                num_cpus_per_actor=cfg.feature_job.num_cpus_per_actor)
+                                num_cpus_per_actor=cfg.feature_job.num_cpus_per_actor,
+                                num_gpus_per_actor=cfg.feature_job.num_gpus_per_actor)
         summary["scores"] = str(scores_path)
     else:
         log.warning("no eval candidates under %s: nothing to score", eval_dir)
@@ -294,7 +295,8 @@ def _train_variants(cfg: TrainingConfig, todo: list[str], cand_dir: Path, profil
     if gs.backbone_mode == "frozen":
         with _phase(summary, "features"):
             run_features_job(cand_dir, profile, frozen_dir, cfg.features, num_actors=fj.num_actors,
-                             batch_size=fj.batch_size, num_cpus_per_actor=fj.num_cpus_per_actor)
+                             batch_size=fj.batch_size, num_cpus_per_actor=fj.num_cpus_per_actor,
+                             num_gpus_per_actor=fj.num_gpus_per_actor)
     with _phase(summary, "user_contexts"):
         fz = Featurizer.from_config(cfg.features)
         contexts = build_contexts(fz, profile, keep_items=gs.backbone_mode != "frozen")
@@ -308,6 +310,7 @@ def _train_variants(cfg: TrainingConfig, todo: list[str], cand_dir: Path, profil
     vm = split_by_query(u, q, cfg.user_stage.val_fraction, cfg.user_stage.seed)
     val_keys = frozenset(_key(a, b) for a, b, m in zip(keys["user_id"].to_pylist(), q, vm, strict=True) if m)
     storage = rm_dir / "_ray"
+    adapter = rm_dir / "features" / "tuned" / "adapter"  # written by `_global` when LoRA tunes the backbone
 
     # Global heads: reuse finished global checkpoints, train the missing ones side by side in one Ray Train run.
     needed = {_global_variant(p): p for p in _needed_heads(todo)}
@@ -327,7 +330,8 @@ def _train_variants(cfg: TrainingConfig, todo: list[str], cand_dir: Path, profil
             if gv in todo:
                 save_rm_checkpoint(rm_dir / gv, variant=gv, head=heads[gv], feature_cfg=cfg.features,
                                    embed_dim=fz.embed_dim, user_index=user_index, contexts=ctxs, population=pop,
-                                   training=_training_meta(cfg), backbone_state=backbone_state, metrics=metrics)
+                                   training=_training_meta(cfg), backbone_state=backbone_state, metrics=metrics,
+                                   adapter_dir=adapter if backbone_state and adapter.is_dir() else None)
 
     # User banks: one Ray Train run fits every user variant on the same user slices.
     jobs = {}
@@ -353,46 +357,45 @@ def _train_variants(cfg: TrainingConfig, todo: list[str], cand_dir: Path, profil
     for uv, model in models.items():
         save_rm_checkpoint(rm_dir / uv, variant=uv, head=model.head, model=model, feature_cfg=cfg.features,
                            embed_dim=fz.embed_dim, user_index=user_index, contexts=ctxs, population=pop,
-                           training=_training_meta(cfg), backbone_state=backbone_state)
+                           training=_training_meta(cfg), backbone_state=backbone_state,
+                           adapter_dir=adapter if backbone_state and adapter.is_dir() else None)
 
 
 def _global(cfg: TrainingConfig, needed: dict[str, bool], cand_dir: Path, profile: pa.Table, frozen_dir: Path,
             fz: Featurizer, contexts: dict[str, UserContext], val_keys: frozenset[str], storage: Path,
             fault: FaultInjection | None) -> tuple:
     """The global heads on Ray Train; returns (heads, backbone_state, user-stage feature dir, contexts,
-    population, metrics)."""
+    population, metrics).
+
+    A tuned backbone (LoRA/full) is fit jointly with the heads on text, then every feature is recomputed with it
+    — the user contexts too — and the global heads are refit on those features (a second, cheap Ray Train run on
+    the cached tuned features). So the global heads, the per-user banks and the scorer all read one
+    representation: during the joint fit the user centroids still come from the untuned backbone (re-encoding
+    every profile per step is what the refit avoids). The joint fit's record is kept under `joint/`.
+    """
     import ray
 
     gs = cfg.global_stage
     head_cfgs = {gv: cfg.head_config(probabilistic=prob) for gv, prob in needed.items()}
-    population = population_context(contexts.values())
     if gs.backbone_mode == "frozen":
-        stats = _train_stats(frozen_dir, val_keys, cfg.golden)
-        base = ray.data.read_parquet(str(frozen_dir), columns=["user_id", "query_id", "cand_idx", cfg.golden,
-                                                               "features"])
-    else:
-        cands = pa.concat_tables([pq.read_table(p) for p in sorted(Path(cand_dir).glob("part-*.parquet"))])
-        static = compute_static_table(fz, cands, contexts)
-        x = features_matrix(compute_features(fz, cands, contexts, population))
-        tr = np.array([_key(a, b) not in val_keys for a, b in zip(static["user_id"].to_pylist(),
-                                                                  static["query_id"].to_pylist(), strict=True)])
-        std = x[tr].std(0)
-        gcol = static[cfg.golden].to_numpy(zero_copy_only=False)[tr]
-        stats = {"in_dim": x.shape[1], "x_mean": x[tr].mean(0), "x_std": np.where(std > 1e-8, std, 1.0),
-                 "g_mean": float(gcol.mean()), "g_var": float(gcol.var())}
-        base = ray.data.from_arrow(static)
-    train_ds = base.map_batches(_filter_split, fn_kwargs={"val_keys": val_keys, "want_val": False},
-                                batch_format="pyarrow")
-    val_ds = base.map_batches(_filter_split, fn_kwargs={"val_keys": val_keys, "want_val": True},
-                              batch_format="pyarrow") if val_keys else None
+        res = _fit_on_features(cfg, head_cfgs, frozen_dir, val_keys, storage, "global-stage", fault)
+        return (res.heads, None, frozen_dir, _strip(contexts), population_context(contexts.values()),
+                _scalars(res.metrics))
+    population = population_context(contexts.values())
+    cands = pa.concat_tables([pq.read_table(p) for p in sorted(Path(cand_dir).glob("part-*.parquet"))])
+    static = compute_static_table(fz, cands, contexts)
+    x = features_matrix(compute_features(fz, cands, contexts, population))
+    tr = np.array([_key(a, b) not in val_keys for a, b in zip(static["user_id"].to_pylist(),
+                                                              static["query_id"].to_pylist(), strict=True)])
+    std = x[tr].std(0)
+    gcol = static[cfg.golden].to_numpy(zero_copy_only=False)[tr]
+    stats = {"in_dim": x.shape[1], "x_mean": x[tr].mean(0), "x_std": np.where(std > 1e-8, std, 1.0),
+             "g_mean": float(gcol.mean()), "g_var": float(gcol.var())}
+    train_ds, val_ds = _split_datasets(ray.data.from_arrow(static), val_keys)
     res = run_global_stage(train_ds, val_ds, head_cfgs=head_cfgs, cfg=gs, feature_cfg=cfg.features,
                            golden=cfg.golden, storage_path=storage, name="global-stage", seed=cfg.seed,
                            fault=fault, objective=cfg.user_stage.objective, use_gpu=cfg.use_gpu,
                            resources_per_worker=cfg.resources_per_worker, **stats)
-    metrics = {k: v for k, v in res.metrics.items() if isinstance(v, int | float | bool)}
-    if gs.backbone_mode == "frozen":
-        return res.heads, None, frozen_dir, _strip(contexts), population, metrics
-    # A tuned backbone changes every embedding: recompute the user contexts and the feature cache with it.
     lora = ({"r": gs.lora_r, "alpha": gs.lora_alpha, "target_modules": gs.lora_target_modules}
             if gs.backbone_mode == "lora" else None)
     tuned = Featurizer.from_config(cfg.features)
@@ -400,9 +403,43 @@ def _global(cfg: TrainingConfig, needed: dict[str, bool], cand_dir: Path, profil
         tuned.backbone.apply_lora(lora["r"], lora["alpha"], 0.0, lora["target_modules"])
     tuned.backbone.load_trainable_state_dict(res.backbone_state)
     tuned.backbone.freeze()
+    tuned_root = frozen_dir.parent.parent / "tuned"
+    if lora:  # PEFT's own format, copied into every checkpoint (`PeftModel.from_pretrained` reads it)
+        shutil.rmtree(tuned_root / "adapter", ignore_errors=True)
+        tuned.backbone.save_adapter(tuned_root / "adapter")
     ctxs = build_contexts(tuned, profile, keep_items=False)
-    feat_dir = frozen_dir.parent.parent / "tuned" / "rm_train"
+    feat_dir = tuned_root / "rm_train"
     fj = cfg.feature_job
     run_features_job(cand_dir, profile, feat_dir, cfg.features, num_actors=fj.num_actors, batch_size=fj.batch_size,
-                     num_cpus_per_actor=fj.num_cpus_per_actor, backbone_state=res.backbone_state, lora=lora)
-    return res.heads, res.backbone_state, feat_dir, ctxs, population_context(ctxs.values()), metrics
+                     num_cpus_per_actor=fj.num_cpus_per_actor, num_gpus_per_actor=fj.num_gpus_per_actor,
+                     backbone_state=res.backbone_state, lora=lora)
+    refit = _fit_on_features(cfg, head_cfgs, feat_dir, val_keys, storage, "global-stage-refit", None)
+    metrics = _scalars(refit.metrics) | {f"joint/{k}": v for k, v in _scalars(res.metrics).items()}
+    return refit.heads, res.backbone_state, feat_dir, ctxs, population_context(ctxs.values()), metrics
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if isinstance(v, int | float | bool)}
+
+
+def _split_datasets(base: Any, val_keys: frozenset[str]) -> tuple[Any, Any]:
+    train_ds = base.map_batches(_filter_split, fn_kwargs={"val_keys": val_keys, "want_val": False},
+                                batch_format="pyarrow")
+    val_ds = base.map_batches(_filter_split, fn_kwargs={"val_keys": val_keys, "want_val": True},
+                              batch_format="pyarrow") if val_keys else None
+    return train_ds, val_ds
+
+
+def _fit_on_features(cfg: TrainingConfig, head_cfgs: dict[str, Any], feat_dir: Path, val_keys: frozenset[str],
+                     storage: Path, name: str, fault: FaultInjection | None) -> Any:
+    """The global heads on cached features (frozen backbone, or the tuned one's recomputed features)."""
+    import ray
+
+    base = ray.data.read_parquet(str(feat_dir), columns=["user_id", "query_id", "cand_idx", cfg.golden, "features"])
+    train_ds, val_ds = _split_datasets(base, val_keys)
+    heads_cfg = cfg.global_stage.model_copy(update={"backbone_mode": "frozen", "gradient_checkpointing": False})
+    return run_global_stage(train_ds, val_ds, head_cfgs=head_cfgs, cfg=heads_cfg, feature_cfg=cfg.features,
+                            golden=cfg.golden, storage_path=storage, name=name, seed=cfg.seed, fault=fault,
+                            objective=cfg.user_stage.objective, use_gpu=cfg.use_gpu,
+                            resources_per_worker=cfg.resources_per_worker, **_train_stats(feat_dir, val_keys,
+                                                                                          cfg.golden))

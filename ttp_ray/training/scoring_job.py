@@ -88,8 +88,8 @@ def score_table(scorers: Sequence[RewardScorer], candidates: pa.Table) -> pa.Tab
 class ScoreUDF:
     """Ray Data callable: loads the variants once per actor, scores each batch of candidates."""
 
-    def __init__(self, rm_dir: str, variants: list[str]) -> None:
-        self.scorers = load_scorers(rm_dir, variants)
+    def __init__(self, rm_dir: str, variants: list[str], device: str = "cpu") -> None:
+        self.scorers = load_scorers(rm_dir, variants, device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return score_table(self.scorers, batch)
@@ -113,6 +113,7 @@ def run_scoring_job(
     num_actors: int = 1,
     batch_size: int = 1024,
     num_cpus_per_actor: float = 1.0,
+    num_gpus_per_actor: float = 0.0,
 ) -> Path:
     """Score every `part-*.parquet` under `candidates_dir` with `variants` into one SCORES Parquet file."""
     import ray
@@ -124,11 +125,13 @@ def run_scoring_job(
         raise DataError("no part-*.parquet candidate files", file=str(candidates_dir))
     ds = read_pool_parts(files, _NEEDED, pool_blocks(rm_dir, variants)).map_batches(
         ScoreUDF,
-        fn_constructor_kwargs={"rm_dir": str(rm_dir), "variants": list(variants)},
+        fn_constructor_kwargs={"rm_dir": str(rm_dir), "variants": list(variants),
+                               "device": "cuda" if num_gpus_per_actor > 0 else "cpu"},
         batch_size=batch_size,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=num_actors),
         num_cpus=num_cpus_per_actor,
+        num_gpus=num_gpus_per_actor or None,
     )
     tables = [ray.get(ref) for ref in ds.to_arrow_refs()]
     table = pa.concat_tables([t.cast(SCORES) for t in tables]) if tables else SCORES.empty_table()

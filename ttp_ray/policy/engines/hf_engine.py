@@ -28,7 +28,7 @@ class HFEngine:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from ttp_ray.models import resolve_model
+        from ttp_ray.models import resolve_attention, resolve_dtype, resolve_model
 
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
@@ -37,8 +37,10 @@ class HFEngine:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         path = resolve_model(cfg.model)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        dtype = _torch_dtype(torch, cfg.dtype, self.device.type)
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        dtype = resolve_dtype(cfg.dtype, self.device.type)
+        attn = resolve_attention(cfg.attn_implementation, self.device.type, dtype)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
+        self.model = self.model.to(self.device).eval()
         eos = self.model.generation_config.eos_token_id
         if eos is None:
             eos = self.tokenizer.eos_token_id
@@ -46,7 +48,8 @@ class HFEngine:
         pad = self.tokenizer.pad_token_id
         self._pad = int(pad) if pad is not None else min(self._eos)
         self._end = self._eos | {self._pad}
-        log.info("hf engine: %s on %s (%s, %d threads)", path, self.device, dtype, torch.get_num_threads())
+        log.info("hf engine: %s on %s (%s, %s attention, %d threads)", path, self.device, dtype, attn,
+                 torch.get_num_threads())
 
     def generate(
         self, prompts: list[str], n: int, *, seeds: Sequence[int] | None = None
@@ -110,8 +113,3 @@ def _token_logprobs(torch: Any, logits: Sequence[Any], tokens: Any) -> list[list
              for j, step in enumerate(logits)]
     return torch.cat(steps, dim=1).tolist() if steps else [[] for _ in range(tokens.shape[0])]
 
-
-def _torch_dtype(torch: Any, name: str, device: str) -> Any:
-    if name == "auto":
-        return torch.float32 if device == "cpu" else torch.bfloat16
-    return getattr(torch, name)
