@@ -132,6 +132,7 @@ def main() -> None:
         seeds = [query_seed(cfg.engine.seed, q) for q in qids]
         raws = [time_raw(engine, prompts, seeds, args.n, args.batch_size)]
         naive = time_naive(engine, prompts[: args.naive_prompts], seeds[: args.naive_prompts], args.n)
+        engine.close()  # vLLM's engine-core process goes now, not at exit (issue 15: the script hung there)
         del engine
         gc.collect()
 
@@ -147,6 +148,7 @@ def main() -> None:
             ray.shutdown()
             engine = build_engine(cfg.engine)
             raws.append(time_raw(engine, prompts, seeds, args.n, args.batch_size))
+            engine.close()
             del engine
     raw = {k: sum(r[k] for r in raws) / len(raws) for k in ("cands_per_s", "tokens_per_s", "cands_per_cpu_s")}
     pipe_cpu = summary["generated_candidates"] / summary["engine_actor_cpu_s"]
@@ -180,6 +182,9 @@ def main() -> None:
         "pipeline_errors": summary["errors"],
     }
     print(json.dumps(result))
+    import ray
+
+    ray.shutdown()  # the pipeline's engine actors and their vLLM processes go before the interpreter exits
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from ttp_ray.training.run import run_train
 
 MINIATURE = {
     "features": {"backbone": "smollm2-135m-instruct", "mode": "pair", "blocks": ["pair", "length"],
+                 "pool_blocks": ["consensus"],  # the pool-aware column rides along the text batches
                  "max_query_tokens": 48, "max_cand_tokens": 16, "encode_batch_size": 32},
     "global_stage": {"num_workers": 2, "zero_stage": 2, "backbone_mode": "lora", "lora_r": 4, "lora_alpha": 8,
                      "lora_target_modules": ["q_proj", "v_proj"], "epochs": 4, "patience": 4, "batch_size": 16,

@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 
 from ttp_ray.config import StageConfig
 from ttp_ray.reward.config import FeatureConfig, HeadConfig, UserStageConfig
+from ttp_ray.reward.features import needs_backbone
 
 __all__ = ["VARIANTS", "FeatureJobConfig", "GlobalStageConfig", "TrainingConfig", "UserStageConfig"]
 
@@ -113,9 +114,10 @@ class TrainingConfig(StageConfig):
                              "training.use_gpu=true (or drop GPU from resources_per_worker)")
         if self.use_gpu and "GPU" in res and res["GPU"] <= 0:
             raise ValueError("use_gpu is true but resources_per_worker sets GPU=0; request a positive GPU count")
-        if self.global_stage.backbone_mode != "frozen" and self.features.pool_blocks:
-            raise ValueError("features.pool_blocks is implemented for backbone_mode='frozen' only; set "
-                             "features.pool_blocks=[] to tune the backbone")
+        if self.global_stage.backbone_mode != "frozen" and not needs_backbone(self.features):
+            raise ValueError(f"backbone_mode={self.global_stage.backbone_mode!r} tunes the backbone, but the feature "
+                             f"blocks {self.features.resolved_blocks()} never read it; add a backbone block "
+                             "(e.g. cand, pair) or use backbone_mode='frozen'")
         return self
 
     def head_config(self, *, probabilistic: bool) -> HeadConfig:

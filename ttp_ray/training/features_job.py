@@ -117,7 +117,8 @@ def compute_static_table(
     population: UserContext | None = None,
 ) -> pa.Table:
     """Rows for training a LoRA/full backbone: the texts plus everything that needs no backbone pass
-    (the user-centroid rows `cu` and the static scalars, in `STATIC_SCALARS` order)."""
+    (the user-centroid rows `cu`, the static scalars in `STATIC_SCALARS` order, and with `pool_blocks` the
+    pool-aware columns `pool`, from each row's whole pool — `candidates` holds every pool whole)."""
     from ttp_ray.reward.features import STATIC_SCALARS
 
     requests = _requests(candidates, contexts, population, "<candidates>")
@@ -125,7 +126,10 @@ def compute_static_table(
     scalars = np.stack([scal[k].numpy() for k in STATIC_SCALARS], axis=1) if len(cu) else np.zeros(
         (0, len(STATIC_SCALARS)), np.float32)
     out = candidates.select([*FEATURE_KEYS, "query_text", "text"])
-    return out.append_column("cu", _fixed_list(cu.numpy())).append_column("scalars", _fixed_list(scalars))
+    out = out.append_column("cu", _fixed_list(cu.numpy())).append_column("scalars", _fixed_list(scalars))
+    if featurizer.cfg.pool_blocks:
+        out = out.append_column("pool", _fixed_list(featurizer.pool_columns(requests).numpy()))
+    return out
 
 
 def pool_matrix(table: pa.Table) -> np.ndarray | None:

@@ -94,8 +94,9 @@ class GlobalModel(nn.Module):
         if any(b.startswith("pair") for b in blocks):  # the paper's RM: last token of prompt ⊕ candidate
             h_pair = bb.pooled(bb.tokenize(queries, fc.max_query_tokens + fc.max_cand_tokens, pairs=cands))
         scal = batch["scalars"]
-        return assemble(blocks, cu=batch["cu"], scalars={k: scal[:, i] for i, k in enumerate(STATIC_SCALARS)},
-                        e_c=e_c, e_q=e_q, h_pair=h_pair)
+        x = (assemble(blocks, cu=batch["cu"], scalars={k: scal[:, i] for i, k in enumerate(STATIC_SCALARS)},
+                      e_c=e_c, e_q=e_q, h_pair=h_pair) if blocks else batch["cu"][:, :0])
+        return torch.cat([x, batch["pool"]], dim=1) if "pool" in batch else x
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         x = self.features(batch)
@@ -127,6 +128,8 @@ def batch_to_torch(batch: dict[str, np.ndarray], golden: str) -> dict[str, Any]:
     else:
         out["text"], out["query_text"] = list(batch["text"]), list(batch["query_text"])
         out["cu"], out["scalars"] = mat(batch["cu"]), mat(batch["scalars"])
+        if "pool" in batch:  # pool-aware columns, appended after the blocks as in the cached features
+            out["pool"] = mat(batch["pool"])
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from ttp_ray.reward.backbone import Backbone
@@ -32,10 +33,12 @@ def test_fit_global_head_learns_and_keeps_the_best_epoch() -> None:
     assert min(mse) < 0.5 * float(data.golden[val].var())  # it learned the population signal
 
 
-def test_lora_global_model_trains_adapters_only(tmp_path) -> None:
+@pytest.mark.parametrize("spec", [{}, {"mode": "pair", "blocks": ["pair", "pair_x_user", "length", "rouge_user"],
+                                       "pool_blocks": ["consensus"]}], ids=["bi", "pair+pool"])
+def test_lora_global_model_trains_adapters_only(tmp_path, spec) -> None:
     import pyarrow as pa
 
-    fcfg = FeatureConfig()
+    fcfg = FeatureConfig(**spec)
     bb = Backbone(fcfg.backbone)
     fz = Featurizer(bb, fcfg)
     profile = pa.table({"user_id": ["u", "u"], "item_id": ["1", "2"], "output": ["[ruff] fix", "[ruff] lint"]})
@@ -101,3 +104,16 @@ def test_restore_falls_back_to_the_newest_intact_checkpoint(tmp_path) -> None:
     (tmp_path / "epoch_0002" / "state.json").write_text('{"epoch": 9}')  # tampered: digest mismatch
     (tmp_path / "epoch_0001" / "digest.json").unlink()  # no digest: not trusted either
     assert restore_checkpoint(latest, rank=0) == (None, ["epoch_0003", "epoch_0002", "epoch_0001"])
+
+
+def test_tuning_a_backbone_that_no_block_reads_is_a_config_error() -> None:
+    from pydantic import ValidationError
+
+    from ttp_ray.training.config import TrainingConfig
+
+    with pytest.raises(ValidationError, match="never read it"):
+        TrainingConfig.model_validate({"features": {"blocks": ["rouge_user"], "pool_blocks": ["consensus"]},
+                                       "global_stage": {"backbone_mode": "lora"}})
+    cfg = TrainingConfig.model_validate({"features": {"blocks": ["cand"], "pool_blocks": ["consensus"]},
+                                         "global_stage": {"backbone_mode": "lora"}})
+    assert cfg.head_config(probabilistic=True).linear_inputs == 1  # the pool column still enters μ linearly

@@ -37,6 +37,10 @@ class Engine(Protocol):
         """`seeds`, one per prompt, make a prompt's samples reproducible where the engine allows (hf)."""
         ...
 
+    def close(self) -> None:
+        """Release the engine now (vLLM: stop its engine-core process). Idempotent; `generate` fails after it."""
+        ...
+
 
 def check_generations(outputs: Sequence[Sequence[Generation]], n_prompts: int, n: int) -> list[list[Generation]]:
     """Never trust that an engine honoured `n`: exactly `n_prompts` lists of exactly `n` candidates."""

@@ -51,6 +51,16 @@ class HFEngine:
         log.info("hf engine: %s on %s (%s, %s attention, %d threads)", path, self.device, dtype, attn,
                  torch.get_num_threads())
 
+    def __enter__(self) -> HFEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Nothing runs outside this process; drops the model so its memory can be freed."""
+        self.model = None
+
     def generate(
         self, prompts: list[str], n: int, *, seeds: Sequence[int] | None = None
     ) -> list[list[Generation]]:

@@ -61,6 +61,8 @@ class VLLMEngine:
 
         if n < 1:
             raise ValueError(f"`n` must be >= 1, got {n}")
+        if self.llm is None:
+            raise RuntimeError("this VLLMEngine is closed")
         s = self.cfg.sampling
         params = SamplingParams(n=n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
                                 stop=list(s.stop) or None, logprobs=0 if s.logprobs else None)
@@ -72,3 +74,18 @@ class VLLMEngine:
             for o in outs
         ]
         return check_generations(result, len(prompts), n)
+
+    def close(self) -> None:
+        """Stop vLLM's engine-core process now. A script that let it be would print its result and then hang at
+        exit: Python's multiprocessing joins the non-daemon engine core, which only a signal stopped (measured
+        with `benchmarks/generation.py --engine vllm`, issue 15). Idempotent."""
+        llm, self.llm = getattr(self, "llm", None), None
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None:
+            core.shutdown()
+
+    def __enter__(self) -> VLLMEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
