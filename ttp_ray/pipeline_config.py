@@ -93,6 +93,23 @@ class PipelineConfig(StageConfig):
         return self
 
     @model_validator(mode="after")
+    def _one_golden(self) -> PipelineConfig:
+        """One golden score per run: the RMs regress it, the evaluation curves and the sweep score with it. Set
+        it in any one of `training`, `evaluation`, `tuning` (or several, equal) and the others follow; two
+        different values are an error (was: three independent settings, nothing checked they agree)."""
+        sections = {"training": self.training, "evaluation": self.evaluation, "tuning": self.tuning}
+        explicit = {k: sec.golden for k, sec in sections.items() if "golden" in sec.model_fields_set}
+        if len(set(explicit.values())) > 1:
+            said = ", ".join(f"{k}.golden = {v}" for k, v in explicit.items())
+            raise ValueError(f"golden is set differently in two sections ({said}); a run has one golden score: "
+                             "set it once (e.g. training.golden) and the other sections follow")
+        golden = next(iter(explicit.values()), None)
+        if golden is not None:
+            for sec in sections.values():
+                sec.golden = golden
+        return self
+
+    @model_validator(mode="after")
     def _check_dataset_training(self) -> PipelineConfig:
         for d in self.datasets:
             if d.training:

@@ -126,3 +126,13 @@ def test_bad_dataset_training_override_names_the_dataset() -> None:
             "pool_blocks": ["nope"]}}}]})
     with pytest.raises(ValueError, match="blocks must name at least one"):
         PipelineConfig.model_validate({"datasets": [{"name": "real", "training": {"features": {"blocks": []}}}]})
+
+
+def test_one_golden_per_run_follows_the_section_that_sets_it() -> None:
+    cfg = load_pipeline_config(None, ["evaluation.golden=rougeL"])
+    assert cfg.training.golden == cfg.evaluation.golden == cfg.tuning.golden == "rougeL"
+    cfg = load_pipeline_config(None, ["training.golden=rougeL", "tuning.golden=rougeL"])
+    assert cfg.evaluation.golden == "rougeL"
+    assert load_pipeline_config(None).training.golden == "rouge1"  # default everywhere
+    with pytest.raises(TTPValidationError, match=r"training.golden = rougeL, evaluation.golden = rouge1"):
+        load_pipeline_config(None, ["training.golden=rougeL", "evaluation.golden=rouge1"])
