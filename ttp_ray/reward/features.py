@@ -43,7 +43,7 @@ from ttp_ray.reward.config import STATIC_BLOCKS, VECTOR_BLOCKS, FeatureConfig
 from ttp_ray.reward.pool import pool_features
 from ttp_ray.scoring.rouge import tokenize
 
-__all__ = ["FeatureRequest", "Featurizer", "UserContext", "assemble", "feature_dim", "population_context"]
+__all__ = ["FeatureRequest", "Featurizer", "backbone_passes", "UserContext", "assemble", "feature_dim", "population_context"]
 
 STATIC_SCALARS = STATIC_BLOCKS  # need no backbone pass
 
@@ -162,6 +162,14 @@ class FeatureRequest:
     pool: np.ndarray | None = None
 
 
+def backbone_passes(blocks: Sequence[str]) -> tuple[bool, bool, bool]:
+    """Which backbone passes `blocks` read: (candidate alone, query alone, query ⊕ candidate). One rule for the
+    cached features (`Featurizer`) and the tuned backbone's training batches (`GlobalModel.features`)."""
+    bs = set(blocks)
+    return (bool(bs & {"cand", "cand_x_query", "cand_x_user", "cos_query", "cos_user"}),
+            bool(bs & {"cand_x_query", "cos_query"}), any(b.startswith("pair") for b in bs))
+
+
 def needs_backbone(cfg: FeatureConfig) -> bool:
     return any(b not in STATIC_BLOCKS for b in cfg.resolved_blocks())
 
@@ -215,10 +223,7 @@ class Featurizer:
         self.dim = feature_dim(cfg, self.embed_dim)
         self._query_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
-        self.needs_cand = any(b in self.blocks for b in ("cand", "cand_x_query", "cand_x_user", "cos_query",
-                                                         "cos_user"))
-        self.needs_query = any(b in self.blocks for b in ("cand_x_query", "cos_query"))
-        self.needs_pair = any(b.startswith("pair") for b in self.blocks)
+        self.needs_cand, self.needs_query, self.needs_pair = backbone_passes(self.blocks)
 
     @classmethod
     def from_config(cls, cfg: FeatureConfig, device: str = "cpu") -> Featurizer:

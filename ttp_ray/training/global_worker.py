@@ -81,17 +81,18 @@ class GlobalModel(nn.Module):
     def features(self, batch: dict[str, Any]) -> torch.Tensor:
         if self.backbone is None:
             return batch["features"]
-        from ttp_ray.reward.features import STATIC_SCALARS, assemble
+        from ttp_ray.reward.features import STATIC_SCALARS, assemble, backbone_passes
 
         fc, bb = self.feature_cfg, self.backbone
         blocks = fc.resolved_blocks()
         cands, queries = list(batch["text"]), list(batch["query_text"])
+        need_cand, need_query, need_pair = backbone_passes(blocks)
         e_c = e_q = h_pair = None
-        if {"cand", "cand_x_query", "cand_x_user", "cos_query", "cos_user"} & set(blocks):
+        if need_cand:
             e_c = bb.pooled(bb.tokenize(cands, fc.max_cand_tokens))
-        if {"cand_x_query", "cos_query"} & set(blocks):
+        if need_query:
             e_q = bb.pooled(bb.tokenize(queries, fc.max_query_tokens))
-        if any(b.startswith("pair") for b in blocks):  # the paper's RM: last token of prompt ⊕ candidate
+        if need_pair:  # the paper's RM: last token of prompt ⊕ candidate
             h_pair = bb.pooled(bb.tokenize(queries, fc.max_query_tokens + fc.max_cand_tokens, pairs=cands))
         scal = batch["scalars"]
         x = (assemble(blocks, cu=batch["cu"], scalars={k: scal[:, i] for i, k in enumerate(STATIC_SCALARS)},

@@ -310,7 +310,7 @@ def _train_variants(cfg: TrainingConfig, todo: list[str], cand_dir: Path, profil
     vm = split_by_query(u, q, cfg.user_stage.val_fraction, cfg.user_stage.seed)
     val_keys = frozenset(_key(a, b) for a, b, m in zip(keys["user_id"].to_pylist(), q, vm, strict=True) if m)
     storage = rm_dir / "_ray"
-    adapter = rm_dir / "features" / "tuned" / "adapter"  # written by `_global` when LoRA tunes the backbone
+    adapter = _tuned_root(rm_dir) / "adapter"  # written by `_global` when LoRA tunes the backbone
 
     # Global heads: reuse finished global checkpoints, train the missing ones side by side in one Ray Train run.
     needed = {_global_variant(p): p for p in _needed_heads(todo)}
@@ -320,7 +320,7 @@ def _train_variants(cfg: TrainingConfig, todo: list[str], cand_dir: Path, profil
         any_ck = next(iter(loaded.values()))
         heads = {gv: ck.head for gv, ck in loaded.items()}
         backbone_state, ctxs, pop = any_ck.backbone_state, any_ck.contexts, any_ck.population
-        feat_dir = frozen_dir if not backbone_state else rm_dir / "features" / "tuned" / "rm_train"
+        feat_dir = frozen_dir if not backbone_state else _tuned_root(rm_dir) / "rm_train"
     else:
         with _phase(summary, "global_stage"):
             heads, backbone_state, feat_dir, ctxs, pop, metrics = _global(
@@ -403,7 +403,7 @@ def _global(cfg: TrainingConfig, needed: dict[str, bool], cand_dir: Path, profil
         tuned.backbone.apply_lora(lora["r"], lora["alpha"], 0.0, lora["target_modules"])
     tuned.backbone.load_trainable_state_dict(res.backbone_state)
     tuned.backbone.freeze()
-    tuned_root = frozen_dir.parent.parent / "tuned"
+    tuned_root = _tuned_root(frozen_dir.parent.parent.parent)
     if lora:  # PEFT's own format, copied into every checkpoint (`PeftModel.from_pretrained` reads it)
         shutil.rmtree(tuned_root / "adapter", ignore_errors=True)
         tuned.backbone.save_adapter(tuned_root / "adapter")
@@ -416,6 +416,11 @@ def _global(cfg: TrainingConfig, needed: dict[str, bool], cand_dir: Path, profil
     refit = _fit_on_features(cfg, head_cfgs, feat_dir, val_keys, storage, "global-stage-refit", None)
     metrics = _scalars(refit.metrics) | {f"joint/{k}": v for k, v in _scalars(res.metrics).items()}
     return refit.heads, res.backbone_state, feat_dir, ctxs, population_context(ctxs.values()), metrics
+
+
+def _tuned_root(rm_dir: Path) -> Path:
+    """Where a tuned backbone's features and PEFT adapter live: `rm/<ds>/features/tuned/`."""
+    return rm_dir / "features" / "tuned"
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
